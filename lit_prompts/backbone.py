@@ -1,0 +1,156 @@
+"""Loading a frozen Hugging Face backbone and reading the architecture facts methods need.
+
+A backbone is named by a hub id (``bert-base-uncased``), a local folder, or ``pkg://module/sub/path``
+for a model folder shipped inside an installed Python package (resolved without importing it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForTextEncoding,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+TASK_FORMATS = ("head", "text_to_text", "cloze")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_path(name: str) -> str:
+    """Turn ``pkg://module/sub/path`` into a filesystem path; return anything else unchanged."""
+    if not name.startswith("pkg://"):
+        return name
+    module, _, sub = name[len("pkg://") :].partition("/")
+    spec = importlib.util.find_spec(module)  # does not execute the package's __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{name!r}: no installed Python package named {module!r}")
+    path = Path(spec.submodule_search_locations[0]) / sub
+    if not path.exists():
+        raise FileNotFoundError(f"{name!r}: {path} does not exist")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class ArchitectureFacts:
+    """What prompt methods need to know about a backbone, read from its config."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    is_encoder_decoder: bool
+    is_decoder_only: bool
+    num_decoder_layers: int  # 0 unless encoder-decoder
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> ArchitectureFacts:
+        def first(*names, default=None):
+            for n in names:
+                value = getattr(config, n, None)
+                if value is not None:
+                    return value
+            if default is None:
+                raise ValueError(f"{config.model_type} config has none of {names}")
+            return default
+
+        hidden = first("hidden_size", "d_model", "n_embd", "dim")
+        heads = first("num_attention_heads", "num_heads", "n_head", "n_heads")
+        layers = first("num_hidden_layers", "num_layers", "n_layer", "n_layers")
+        kv_heads = first("num_key_value_heads", default=heads)
+        head_dim = first("head_dim", "d_kv", default=hidden // heads)
+        enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+        decoder_only = not enc_dec and config.model_type in _DECODER_ONLY_TYPES
+        return cls(
+            model_type=config.model_type,
+            hidden_size=hidden,
+            num_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=head_dim,
+            is_encoder_decoder=enc_dec,
+            is_decoder_only=decoder_only,
+            num_decoder_layers=first("num_decoder_layers", default=layers) if enc_dec else 0,
+        )
+
+
+def _decoder_only_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as masked
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES as s2s
+
+    # Causal-LM types that are neither masked LMs nor encoder-decoders (BERT can be a decoder too).
+    return set(causal) - set(masked) - set(s2s)
+
+
+_DECODER_ONLY_TYPES = _decoder_only_types()
+
+
+def load_config(name: str) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(resolve_path(name))
+
+
+def load_backbone(
+    name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """Load the backbone in the form a task format needs, frozen and in ``dtype``.
+
+    head          the bare encoder (T5: its encoder only); the method adds its own head
+    text_to_text  a causal LM, or a seq2seq LM for encoder-decoders; its LM head is reused
+    cloze         a masked LM; its LM head scores the verbalizer words at the mask
+    """
+    if task_format not in TASK_FORMATS:
+        raise ValueError(f"task_format={task_format!r} is not one of {TASK_FORMATS}")
+    if dtype not in DTYPES:
+        raise ValueError(f"backbone_dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    path = resolve_path(name)
+    config = AutoConfig.from_pretrained(path)
+    facts = ArchitectureFacts.from_config(config)
+    if task_format == "head":
+        auto = AutoModelForTextEncoding if facts.is_encoder_decoder else AutoModel
+    elif task_format == "text_to_text":
+        if not (facts.is_encoder_decoder or facts.is_decoder_only):
+            raise ValueError(
+                f"task_format='text_to_text' needs a decoder or encoder-decoder backbone; "
+                f"{name!r} is a {facts.model_type} encoder (use 'head' or 'cloze')"
+            )
+        auto = AutoModelForSeq2SeqLM if facts.is_encoder_decoder else AutoModelForCausalLM
+    else:
+        if facts.is_encoder_decoder or facts.is_decoder_only:
+            raise ValueError(f"task_format='cloze' needs a masked-LM encoder; {name!r} is a {facts.model_type}")
+        auto = AutoModelForMaskedLM
+    kwargs = {}
+    if task_format == "head" and "add_pooling_layer" in inspect.signature(auto._model_mapping[type(config)]).parameters:
+        # Our heads pool hidden states themselves; an unused pooler would only add weights (random
+        # ones when the checkpoint was saved from a masked LM).
+        kwargs["add_pooling_layer"] = False
+    if attn_implementation:  # default: transformers' choice, SDPA wherever the architecture has it
+        kwargs["attn_implementation"] = attn_implementation
+    model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+    model.requires_grad_(False)
+    return model
+
+
+def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:
+    """What must match for a trained prompt to be meaningful on a backbone."""
+    facts = ArchitectureFacts.from_config(model.config)
+    return {
+        "name": name,
+        "model_type": facts.model_type,
+        "hidden_size": facts.hidden_size,
+        "num_layers": facts.num_layers,
+        "vocab_size": int(model.get_input_embeddings().num_embeddings),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+    }

@@ -1,0 +1,61 @@
+"""The command line: ``python -m lit_prompts {fit,validate,test,predict} --config ...``."""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from .callbacks import ExportPrompt, PredictionWriter
+from .data import PromptDataModule
+from .methods import PromptMethod
+
+
+class LitPromptsCLI(LightningCLI):
+    """LightningCLI with the links between model and data, and the callbacks every run wants.
+
+    - ``model.init_args.backbone`` is copied to the data module (same tokenizer as the model);
+    - ``data.init_args.task_format`` is copied to the model;
+    - the data module's label names (and cloze verbalizer ids) go to the model at instantiation;
+    - a checkpoint on the monitored metric, export of the best prompt, and a JSONL prediction writer.
+    """
+
+    def __init__(self, args=None, run: bool = True, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"default_env": True})
+        super().__init__(
+            PromptMethod,
+            PromptDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the method's own `optimizer` sees trainable tensors only
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
+        parser.link_arguments("data.init_args.task_format", "model.init_args.task_format")
+        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+        parser.link_arguments("data.verbalizer_token_ids", "model.init_args.verbalizer_token_ids", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__qualname__}"},
+                "checkpoint.monitor": "val/accuracy",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(ExportPrompt, "export")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+
+def main(args: list[str] | None = None) -> LitPromptsCLI:
+    # Tokenizers' own thread pool fights with DataLoader workers and DDP processes.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return LitPromptsCLI(args=args)

@@ -1,0 +1,3 @@
+from .datamodule import PromptDataModule
+
+__all__ = ["PromptDataModule"]

@@ -1,0 +1,79 @@
+"""Reading raw splits from a hub dataset or local files, with errors that name the source."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from ..backbone import resolve_path
+
+# Extension -> (datasets builder, builder kwargs). TSV is read without quote handling because
+# corpora such as SST-2 contain unbalanced quote characters inside sentences.
+_BUILDERS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+}
+
+
+@dataclass
+class RawSplit:
+    """One split's rows, and a human name for where they came from (used in every error)."""
+
+    rows: datasets.Dataset
+    source: str
+
+    def column(self, name: str, role: str) -> list:
+        if name not in self.rows.column_names:
+            raise KeyError(
+                f"{self.source}: missing column {name!r} (the {role}); "
+                f"columns are {self.rows.column_names}. Set data.init_args.{role} to one of them."
+            )
+        return self.rows[name]
+
+
+def _read_files(split: str, paths: str | list[str]) -> RawSplit:
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    resolved = [resolve_path(p) for p in paths]
+    for original, path in zip(paths, resolved):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data file for split {split!r} not found: {original}")
+    suffixes = {Path(p).suffix.lower() for p in resolved}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in _BUILDERS:
+        raise ValueError(f"split {split!r}: files {paths} must share one of the extensions {sorted(_BUILDERS)}")
+    builder, kwargs = _BUILDERS[suffixes.pop()]
+    rows = datasets.load_dataset(builder, data_files={split: resolved}, split=split, **kwargs)
+    return RawSplit(rows, ", ".join(paths))
+
+
+def load_splits(
+    dataset: str | None,
+    dataset_config: str | None,
+    data_files: dict[str, str | list[str]] | None,
+    wanted: dict[str, str],
+) -> dict[str, RawSplit]:
+    """Load the splits named in ``wanted`` (stage -> split name) that exist.
+
+    Local ``data_files`` win over a hub ``dataset`` for the splits they name, so a hub config can
+    be pointed at local copies from the command line.
+    """
+    data_files = data_files or {}
+    if dataset is None and not data_files:
+        raise ValueError("no data: set data.init_args.dataset (a hub id) or data.init_args.data_files")
+    splits: dict[str, RawSplit] = {}
+    hub: datasets.DatasetDict | None = None
+    for stage, split in wanted.items():
+        if split in data_files:
+            splits[stage] = _read_files(split, data_files[split])
+            continue
+        if dataset is None:
+            continue
+        if hub is None:
+            hub = datasets.load_dataset(dataset, dataset_config)
+        if split in hub:
+            splits[stage] = RawSplit(hub[split], f"{dataset}[{split}]")
+    return splits

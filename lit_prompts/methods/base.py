@@ -1,0 +1,211 @@
+"""``PromptMethod``: the plumbing every prompt method shares.
+
+A method subclass only creates its prompt parameters and says how they enter the backbone (for
+input-level methods: ``input_prompt``). This class owns the frozen backbone, the task heads and
+losses per format, metrics, the optimizer over trainable tensors only, prompt-only checkpoints,
+and export.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import get_scheduler
+
+from ..backbone import ArchitectureFacts, backbone_fingerprint, load_backbone
+from .checkpointing import PromptCheckpointing
+from .scoring import pool_hidden, sequence_logprobs
+
+
+class PromptMethod(PromptCheckpointing, LightningModule):
+    """Base class of all prompt methods: the backbone is frozen; only prompt-side tensors train.
+
+    Args:
+        backbone: hub id, local folder, or ``pkg://package/path`` of a Hugging Face model.
+        task_format: ``head``, ``cloze`` or ``text_to_text`` (linked from the data module).
+        label_names: the label set (linked from the data module).
+        verbalizer_token_ids: cloze only: the vocabulary id standing for each label (linked).
+        backbone_dtype: ``float32`` or ``bfloat16`` for the frozen weights; prompts stay float32.
+        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``...; default: transformers' choice.
+        pooling: head format: ``auto`` (first real token for encoders, last for decoders, mean
+            for T5), ``first``, ``last`` or ``mean`` over real (non-prompt) tokens.
+        head_dropout: dropout before the classifier head.
+        backbone_dropout: keep the frozen backbone's own dropout active while training (as in
+            Lester et al. and PEFT); False makes the backbone a deterministic feature extractor.
+        optimizer: optimizer over the trainable tensors only (default AdamW at ``default_lr``).
+        lr_schedule: a ``transformers.get_scheduler`` name: linear, cosine, constant_with_warmup, ...
+        warmup_steps: linear warmup steps (overrides ``warmup_ratio`` when > 0).
+        warmup_ratio: warmup as a fraction of all training steps.
+    """
+
+    default_lr: float = 1e-3
+
+    def __init__(
+        self,
+        backbone: str,
+        task_format: str = "head",
+        label_names: list[str] | None = None,
+        verbalizer_token_ids: list[int] | None = None,
+        backbone_dtype: str = "float32",
+        attn_implementation: str | None = None,
+        pooling: str = "auto",
+        head_dropout: float = 0.1,
+        backbone_dropout: bool = True,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: str = "linear",
+        warmup_steps: int = 0,
+        warmup_ratio: float = 0.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        if not label_names:
+            raise ValueError("model.init_args.label_names is empty (the CLI links it from the data module)")
+        if task_format == "cloze" and (not verbalizer_token_ids or len(verbalizer_token_ids) != len(label_names)):
+            raise ValueError("cloze format needs one verbalizer token id per label (linked from the data module)")
+        if pooling not in ("auto", "first", "last", "mean"):
+            raise ValueError(f"model.init_args.pooling={pooling!r} is not one of auto, first, last, mean")
+        self.backbone = load_backbone(backbone, task_format, backbone_dtype, attn_implementation)
+        self.backbone.train(backbone_dropout)  # Lightning trains modules in the mode they are found
+        self.facts = ArchitectureFacts.from_config(self.backbone.config)
+        self.fingerprint = backbone_fingerprint(backbone, self.backbone)
+        self.optimizer_factory = optimizer
+        if pooling == "auto":
+            pooling = "mean" if self.facts.is_encoder_decoder else "last" if self.facts.is_decoder_only else "first"
+        self.pooling = pooling
+        if task_format == "head":
+            self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.facts.hidden_size, len(label_names)))
+        metrics = MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(len(label_names), average="micro"),
+                "macro_f1": MulticlassF1Score(len(label_names), average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.train(mode and self.hparams.backbone_dropout)
+        return self
+
+    # --- what subclasses provide ----------------------------------------------------------------
+    def input_prompt(self, input_embeds: Tensor, attention_mask: Tensor) -> Tensor | None:
+        """Virtual-token embeddings [batch, P, hidden] to prepend to the input, or None."""
+        return None
+
+    # --- forward ----------------------------------------------------------------------------------
+    def embed_inputs(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> dict:
+        """Token embeddings with the method's prompt prepended, as keyword arguments for the backbone."""
+        embeddings = self.backbone.get_input_embeddings()
+        embeds = embeddings(input_ids)
+        prompt = self.input_prompt(embeds, attention_mask)
+        kwargs = {}
+        if prompt is not None:
+            b, p = prompt.shape[:2]
+            embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(b, p), attention_mask], dim=1)
+            if token_type_ids is not None:
+                token_type_ids = torch.cat([token_type_ids.new_zeros(b, p), token_type_ids], dim=1)
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if self.facts.is_decoder_only:
+            # Decoders are left-padded: count positions over real tokens only, as generation does.
+            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return {"inputs_embeds": embeds, "attention_mask": attention_mask, **kwargs}
+
+    def num_prompt_tokens(self, inputs: dict, input_ids: Tensor) -> int:
+        return inputs["inputs_embeds"].shape[1] - input_ids.shape[1]
+
+    def class_logits(self, batch: dict) -> Tensor:
+        """[batch, num_labels] scores for head and cloze formats."""
+        inputs = self.embed_inputs(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        shift = self.num_prompt_tokens(inputs, batch["input_ids"])
+        if self.hparams.task_format == "head":
+            hidden = self.backbone(**inputs).last_hidden_state
+            real = inputs["attention_mask"].clone()
+            real[:, :shift] = 0  # pool over the example's own tokens, not the prompt
+            return self.head(pool_hidden(hidden, real, self.pooling).float())
+        logits = self.backbone(**inputs).logits  # cloze: masked-LM logits
+        at_mask = logits[torch.arange(logits.shape[0], device=logits.device), batch["mask_index"] + shift]
+        return at_mask[:, self.hparams.verbalizer_token_ids].float()
+
+    def sequence_scores(self, seqs: dict, reduction: str) -> Tensor:
+        """Text-to-text: log-probability of each row's target tokens (sum or mean over tokens)."""
+        inputs = self.embed_inputs(seqs["input_ids"], seqs["attention_mask"])
+        targets = seqs["target_ids"]
+        if self.facts.is_encoder_decoder:
+            decoder_inputs = self.backbone.prepare_decoder_input_ids_from_labels(targets)
+            logits = self.backbone(**inputs, decoder_input_ids=decoder_inputs).logits
+        else:
+            # Targets end every (left-padded) row: only the last positions need vocabulary logits.
+            keep = int((targets != -100).sum(-1).max()) + 1
+            logits = self.backbone(**inputs, logits_to_keep=keep).logits[:, :-1]
+            targets = targets[:, -(keep - 1) :]
+        return sequence_logprobs(logits.float(), targets, reduction)
+
+    def scores(self, batch: dict) -> Tensor:
+        """[batch, num_labels] scores in every format (rank classification for text-to-text)."""
+        if self.hparams.task_format != "text_to_text":
+            return self.class_logits(batch)
+        return self.sequence_scores(batch["candidates"], "sum").view(len(batch["ids"]), -1)
+
+    def training_loss(self, batch: dict) -> Tensor:
+        if self.hparams.task_format == "text_to_text":
+            return -self.sequence_scores(batch, "token_mean")
+        return F.cross_entropy(self.class_logits(batch), batch["label"])
+
+    # --- Lightning steps ----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection) -> None:
+        metrics.update(self.scores(batch), batch["label"])
+        self.log_dict(metrics, prog_bar=True, batch_size=len(batch["ids"]))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        probs = self.scores(batch).softmax(-1)
+        score, index = probs.max(-1)
+        names = self.hparams.label_names
+        return [
+            {"id": i, "label": names[k], "score": round(s, 6)}
+            for i, k, s in zip(batch["ids"], index.tolist(), score.tolist())
+        ]
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or partial(torch.optim.AdamW, lr=self.default_lr)
+        optimizer = factory(self.trainable_parameters())
+        total = self.trainer.estimated_stepping_batches
+        warmup = self.hparams.warmup_steps or int(self.hparams.warmup_ratio * total)
+        scheduler = get_scheduler(self.hparams.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        report = {"params/trainable": trainable, "params/total": total, "params/saved_pct": 100 * (1 - trainable / total)}
+        rank_zero_info(
+            f"{type(self).__name__} on {self.fingerprint['name']}: {trainable:,} trainable of {total:,} parameters "
+            f"({report['params/saved_pct']:.2f}% saved versus fine-tuning everything)"
+        )
+        if self.logger is not None:
+            self.logger.log_metrics(report, step=0)

@@ -1,0 +1,90 @@
+"""Prompt-only checkpoints and exported prompt files.
+
+Checkpoints keep the full training state of the prompt side (every trainable tensor and, through
+Lightning, its optimizer state) and nothing of the frozen backbone, which is reloaded from its
+name. ``state_dict()`` itself stays whole so that ordinary PyTorch code keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+PROMPT_FILE = "prompt.safetensors"
+SETTINGS_FILE = "prompt.json"
+FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_layers", "vocab_size")
+
+
+class PromptCheckpointing:
+    """Mixed into ``PromptMethod``; expects ``self.fingerprint`` and ``self.hparams``."""
+
+    # Lightning: the checkpoint deliberately lacks backbone keys, so do not load strictly.
+    strict_loading = False
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    @classmethod
+    def class_path(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_state_dict()}
+        checkpoint["lit_prompts"] = {
+            "class_path": self.class_path(),
+            "backbone": dict(self.fingerprint),
+            # Restoring the RNG makes a resumed run draw the same dropout masks as an uninterrupted one.
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),  # (numpy's state is not weights-only loadable; unused here)
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("lit_prompts", {})
+        self.check_backbone(meta.get("backbone", {}), source="checkpoint")
+        expected = set(self.trainable_state_dict())
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")
+        rng = meta.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def check_backbone(self, saved: dict, source: str) -> None:
+        mismatched = {k: (saved[k], self.fingerprint[k]) for k in FINGERPRINT_KEYS if k in saved and saved[k] != self.fingerprint[k]}
+        if mismatched:
+            detail = ", ".join(f"{k}: saved {a} vs loaded {b}" for k, (a, b) in mismatched.items())
+            raise ValueError(
+                f"this {source} was trained on backbone {saved.get('name')!r}, which differs from "
+                f"{self.fingerprint['name']!r} ({detail})"
+            )
+
+    # --- export ---------------------------------------------------------------------------------
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors needed at inference; methods with a training-only parameterisation fold it here."""
+        return self.trainable_state_dict()
+
+    def export_prompt(self, folder: str | Path) -> Path:
+        """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.export_tensors().items()}
+        save_file(tensors, folder / PROMPT_FILE)
+        settings = {
+            "class_path": self.class_path(),
+            "init_args": {k: v for k, v in self.hparams.items() if not k.startswith("_")},
+            "backbone": self.fingerprint,
+            "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        }
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        return folder / PROMPT_FILE
