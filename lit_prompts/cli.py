@@ -18,7 +18,8 @@ class LitPromptsCLI(LightningCLI):
     - ``model.init_args.backbone`` is copied to the data module (same tokenizer as the model);
     - ``data.init_args.task_format`` is copied to the model;
     - the data module's label names (and cloze verbalizer ids) go to the model at instantiation;
-    - a checkpoint on the monitored metric, export of the best prompt, and a JSONL prediction writer.
+    - the best checkpoint on the monitored metric, ``last.ckpt`` with the latest state (to resume),
+      export of the best prompt, and a JSONL prediction writer.
     """
 
     def __init__(self, args=None, run: bool = True, **kwargs):
@@ -41,14 +42,19 @@ class LitPromptsCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.verbalizer_token_ids", "model.init_args.verbalizer_token_ids", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Lightning's save_last only copies the checkpoint saved last, which stops updating when
+        # the monitored metric stops improving; resuming needs the latest state, always.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__qualname__}"},
                 "checkpoint.monitor": "val/accuracy",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}-{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(ExportPrompt, "export")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -167,9 +168,10 @@ class PromptDataModule(LightningDataModule):
         h = self.hparams
         dataset = self.datasets[stage]
         distributed = self.trainer is not None and self.trainer.world_size > 1
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = None
         if train and not distributed:  # under DDP Lightning installs a seeded DistributedSampler
-            sampler = EpochShuffleSampler(len(dataset), seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+            sampler = EpochShuffleSampler(len(dataset), seed=seed)
         return DataLoader(
             dataset,
             batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
@@ -177,6 +179,9 @@ class PromptDataModule(LightningDataModule):
             sampler=sampler,
             collate_fn=self._collator(with_candidates=not train),
             num_workers=h.num_workers,
+            # Without its own generator every iter() draws from the global RNG, so a resumed run
+            # (which adds a sanity-check pass) would see different dropout masks.
+            generator=torch.Generator().manual_seed(seed),
             persistent_workers=h.num_workers > 0,
         )
 

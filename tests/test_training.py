@@ -1,0 +1,113 @@
+"""Training behaviour through the CLI: resume, DDP, bf16, the parameter report, user subclasses."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import textwrap
+
+import torch
+from conftest import data_files_arg, run_cli
+
+import lit_prompts
+from lit_prompts.backbone import load_backbone
+
+
+def prompt_args(backbone: str, reviews: dict, *extra: str) -> list[str]:
+    return [
+        "--model=PromptTuning",
+        f"--model.backbone={backbone}",
+        "--model.num_virtual_tokens=3",
+        "--data.batch_size=8",
+        data_files_arg(reviews),
+        *extra,
+    ]
+
+
+def trained_state(ckpt_path) -> dict:
+    return torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_resumed_run_ends_with_the_same_prompt(tiny_backbone, reviews, tmp_path):
+    # Dropout stays on in backbone and head, so equality also needs the RNG state restored.
+    args = prompt_args(tiny_backbone("bert"), reviews, "--seed_everything=7", "--trainer.max_epochs=3")
+    keep_all = ["--checkpoint.save_top_k=-1", "--checkpoint.monitor=null", "--checkpoint.filename=epoch{epoch}"]
+    # The whole run keeps every epoch's checkpoint; the resumed run uses the default callbacks.
+    run_cli("fit", *args, *keep_all, root=tmp_path / "whole")
+    checkpoints = tmp_path / "whole" / "lightning_logs" / "version_0" / "checkpoints"
+    run_cli("fit", *args, f"--ckpt_path={checkpoints / 'epoch0.ckpt'}", root=tmp_path / "resumed")
+    resumed = tmp_path / "resumed" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+    whole, again = trained_state(checkpoints / "last.ckpt"), trained_state(resumed)
+    first = trained_state(checkpoints / "epoch0.ckpt")
+    assert whole.keys() == again.keys() == {"prompt", "head.1.weight", "head.1.bias"}
+    assert not torch.equal(whole["prompt"], first["prompt"]), "the prompt trained after the resume point"
+    for key in whole:
+        assert torch.equal(whole[key], again[key]), key
+
+
+def test_ddp_spawn_two_processes(tiny_backbone, reviews, tmp_path):
+    args = prompt_args(tiny_backbone("gpt2"), reviews, "--trainer.max_epochs=1")
+    run_cli("fit", *args, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", root=tmp_path)
+    folder = tmp_path / "lightning_logs" / "version_0"
+    state = trained_state(folder / "checkpoints" / "last.ckpt")
+    assert set(state) == {"prompt", "head.1.weight", "head.1.bias"}
+    method = lit_prompts.load(folder / "prompt")
+    assert method.prompt.shape == (3, method.facts.hidden_size)
+
+
+def test_bf16_mixed_precision_and_bf16_backbone(tiny_backbone, reviews, tmp_path):
+    backbone = tiny_backbone("llama")
+    extra = ["--trainer.max_epochs=1", "--trainer.precision=bf16-mixed", "--model.backbone_dtype=bfloat16"]
+    cli = run_cli("fit", *prompt_args(backbone, reviews, *extra), root=tmp_path)
+    model = cli.model
+    assert model.prompt.dtype == torch.float32 and model.head[1].weight.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in model.backbone.parameters())
+    fresh = load_backbone(backbone, "head", "bfloat16").state_dict()
+    assert all(torch.equal(v, fresh[k]) for k, v in model.backbone.state_dict().items())
+
+
+def test_parameter_report_is_logged(tiny_backbone, reviews, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    cli = run_cli("fit", *prompt_args(tiny_backbone("distilbert"), reviews, "--trainer.max_epochs=1"), root=tmp_path)
+    hidden = cli.model.facts.hidden_size
+    trainable = 3 * hidden + hidden * 2 + 2
+    total = trainable + sum(p.numel() for p in cli.model.backbone.parameters())
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as f:
+        logged = next(r for r in csv.DictReader(f) if r.get("params/trainable"))
+    assert int(float(logged["params/trainable"])) == trainable
+    assert int(float(logged["params/total"])) == total
+    assert f"{trainable:,} trainable of {total:,} parameters" in caplog.text
+
+
+def test_out_of_tree_subclass_by_import_path(tiny_backbone, reviews, tmp_path, monkeypatch):
+    package = tmp_path / "my_prompts"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "methods.py").write_text(
+        textwrap.dedent(
+            '''
+            import torch
+            from torch import nn
+            from lit_prompts import PromptTuning
+
+            class ScaledPromptTuning(PromptTuning):
+                """Prompt tuning with a learned scale on the prompt."""
+
+                def __init__(self, start_scale: float = 1.0, **kwargs):
+                    super().__init__(**kwargs)
+                    self.scale = nn.Parameter(torch.full((1,), start_scale))
+
+                def input_prompt(self, input_embeds, attention_mask):
+                    return self.scale * super().input_prompt(input_embeds, attention_mask)
+            '''
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = prompt_args(tiny_backbone("roberta"), reviews, "--trainer.max_epochs=1")
+    args[0] = "--model=my_prompts.methods.ScaledPromptTuning"
+    cli = run_cli("fit", *args, "--model.start_scale=2.0", root=tmp_path / "run")
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert "scale" in trained_state(best)
+    loaded = lit_prompts.load(best)
+    assert type(loaded).__name__ == "ScaledPromptTuning" and loaded.hparams.start_scale == 2.0
