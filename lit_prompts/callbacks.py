@@ -22,6 +22,8 @@ class ExportPrompt(Callback):
         self.folder = folder
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # trainer.log_dir is a broadcast under DDP: every rank must ask for it.
+        folder = Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "prompt")
         if not trainer.is_global_zero or not hasattr(pl_module, "export_prompt"):
             return
         ckpt = trainer.checkpoint_callback
@@ -32,7 +34,6 @@ class ExportPrompt(Callback):
             if ckpt.best_model_score is not None:
                 summary.append(f"best {ckpt.monitor} = {float(ckpt.best_model_score):.4f}")
             summary.append(f"checkpoint: {ckpt.best_model_path}")
-        folder = Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "prompt")
         path = pl_module.export_prompt(folder)
         summary.append(f"prompt saved to {path} ({path.stat().st_size:,} bytes)")
         rank_zero_info("\n".join(summary))

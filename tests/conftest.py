@@ -89,6 +89,7 @@ def data_files_arg(files: dict[str, str], splits=("train", "validation", "test")
     return "--data.data_files=" + json.dumps({s: files[s] for s in splits})
 
 
-def run_cli(*args: str, root: Path):
-    """Run ``python -m lit_prompts ...`` in this process (like torchtune's recipe tests)."""
-    return main([*args, *FAST_TRAINER, f"--trainer.default_root_dir={root}"])
+def run_cli(subcommand: str, *args: str, root: Path):
+    """Run ``python -m lit_prompts SUBCOMMAND ...`` in this process (like torchtune's recipe tests).
+    The fast CPU settings come first, so a test's own arguments (and configs) override them."""
+    return main([subcommand, *FAST_TRAINER, f"--trainer.default_root_dir={root}", *args])

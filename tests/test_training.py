@@ -48,8 +48,11 @@ def test_resumed_run_ends_with_the_same_prompt(tiny_backbone, reviews, tmp_path)
 
 def test_ddp_spawn_two_processes(tiny_backbone, reviews, tmp_path):
     args = prompt_args(tiny_backbone("gpt2"), reviews, "--trainer.max_epochs=1")
-    run_cli("fit", *args, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", root=tmp_path)
+    cli = run_cli("fit", *args, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", root=tmp_path)
+    assert cli.trainer.world_size == 2
     folder = tmp_path / "lightning_logs" / "version_0"
+    # 32 training examples over 2 processes in batches of 8: 2 optimizer steps, not 4.
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     state = trained_state(folder / "checkpoints" / "last.ckpt")
     assert set(state) == {"prompt", "head.1.weight", "head.1.bias"}
     method = lit_prompts.load(folder / "prompt")

@@ -32,16 +32,19 @@ def template_fields(template: str) -> set[str]:
 def resolve_label_names(configured: list[str] | None, train: RawSplit | None, label_column: str) -> list[str]:
     """Label names from the config, else from the data's ClassLabel feature, else sorted values."""
     if configured:
-        if len(set(configured)) != len(configured):
-            raise ValueError(f"data.init_args.label_names has duplicates: {configured}")
+        if len(set(configured)) != len(configured) or len(configured) < 2:
+            raise ValueError(f"data.init_args.label_names needs two or more distinct names, got {configured}")
         return [str(n) for n in configured]
     if train is None:
         raise ValueError("label names unknown: give data.init_args.label_names or a train split")
     feature = train.rows.features.get(label_column)
     if feature is not None and hasattr(feature, "names"):
         return list(feature.names)
-    values = {v for v in train.column(label_column, "label_column") if v is not None}
-    return [str(v) for v in sorted(values)]
+    values = sorted({v for v in train.column(label_column, "label_column") if v is not None and v != -1})
+    if len(values) < 2:
+        raise ValueError(f"{train.source}: column {label_column!r} holds {len(values)} distinct label(s) {values}; "
+                         "classification needs at least two (or give data.init_args.label_names)")
+    return [str(v) for v in values]
 
 
 def label_ids(split: RawSplit, column: str, names: list[str], required: bool) -> list[int]:
@@ -132,15 +135,16 @@ class ClassificationEncoder:
         budget = self.max_length
         if self.task_format == "text_to_text" and not self.is_encoder_decoder:
             budget -= max(len(t) for t in self.class_target_ids())  # source and target share the window
-        features, truncated = [], 0
         mask = {"mask": self.tokenizer.mask_token} if self.task_format == "cloze" else {}
-        for i, t in enumerate(text):
-            p = pair[i] if pair is not None else None
-            ids = self.tokenizer(self.template.format(text=t, text_pair=p, **mask)).input_ids
+        render = lambda i, t: self.template.format(text=t, text_pair=pair[i] if pair else None, **mask)  # noqa: E731
+        # One batched call for all rows; only the over-long ones are shortened and re-tokenized.
+        all_ids = self.tokenizer([render(i, t) for i, t in enumerate(text)]).input_ids
+        features, truncated = [], 0
+        for i, ids in enumerate(all_ids):
             if len(ids) > budget:
                 truncated += 1
-                t = self._shorten(t, len(ids) - budget)
-                ids = self.tokenizer(self.template.format(text=t, text_pair=p, **mask)).input_ids[:budget]
+                shorter = self._shorten(text[i], len(ids) - budget)
+                ids = self.tokenizer(render(i, shorter)).input_ids[:budget]
             feature = {"input_ids": ids}
             if self.task_format == "cloze":
                 if self.tokenizer.mask_token_id not in ids:

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from ..backbone import TASK_FORMATS, ArchitectureFacts, load_config, resolve_path
 from .classification import PAIR_TEMPLATES, ClassificationEncoder, label_ids, resolve_label_names, texts, warn_truncated
 from .collate import Collator, EpochShuffleSampler, ListDataset
-from .sources import RawSplit, load_splits
+from .sources import RawSplit, SplitReader
 
 STAGES = ("train", "validation", "test", "predict")
 
@@ -80,13 +80,13 @@ class PromptDataModule(LightningDataModule):
 
     # --- what the model needs to know, linked by the CLI at instantiation -----------------------
     @cached_property
-    def raw(self) -> dict[str, RawSplit]:
-        h = self.hparams
-        return load_splits(h.dataset, h.dataset_config, h.data_files, self.splits)
+    def reader(self) -> SplitReader:
+        return SplitReader(self.hparams.dataset, self.hparams.dataset_config, self.hparams.data_files)
 
     @cached_property
     def label_names(self) -> list[str]:
-        return resolve_label_names(self.hparams.label_names, self.raw.get("train"), self.hparams.label_column)
+        train = None if self.hparams.label_names else self.reader.get(self.splits["train"])
+        return resolve_label_names(self.hparams.label_names, train, self.hparams.label_column)
 
     @property
     def num_labels(self) -> int:
@@ -132,14 +132,15 @@ class PromptDataModule(LightningDataModule):
     # --- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("predict",)}
-        for name in wanted.get(stage, STAGES) if stage else STAGES:
+        for name in wanted[stage] if stage else STAGES:
             if name in self.datasets:
                 continue
-            if name not in self.raw:
-                if stage is not None and name != "validation":
+            split = self.reader.get(self.splits[name])
+            if split is None:
+                if stage is not None and name != "validation":  # validation is optional in fit
                     raise ValueError(f"no data for stage {name!r}: split {self.splits[name]!r} not found")
                 continue
-            self.datasets[name] = self._encode(name, self.raw[name])
+            self.datasets[name] = self._encode(name, split)
 
     def _encode(self, stage: str, split: RawSplit) -> ListDataset:
         h = self.hparams

@@ -50,30 +50,28 @@ def _read_files(split: str, paths: str | list[str]) -> RawSplit:
     return RawSplit(rows, ", ".join(paths))
 
 
-def load_splits(
-    dataset: str | None,
-    dataset_config: str | None,
-    data_files: dict[str, str | list[str]] | None,
-    wanted: dict[str, str],
-) -> dict[str, RawSplit]:
-    """Load the splits named in ``wanted`` (stage -> split name) that exist.
+class SplitReader:
+    """Reads one split at a time, on first use: local ``data_files`` win over the hub ``dataset``
+    for the splits they name, so a hub config can be pointed at local copies from the command line."""
 
-    Local ``data_files`` win over a hub ``dataset`` for the splits they name, so a hub config can
-    be pointed at local copies from the command line.
-    """
-    data_files = data_files or {}
-    if dataset is None and not data_files:
-        raise ValueError("no data: set data.init_args.dataset (a hub id) or data.init_args.data_files")
-    splits: dict[str, RawSplit] = {}
-    hub: datasets.DatasetDict | None = None
-    for stage, split in wanted.items():
-        if split in data_files:
-            splits[stage] = _read_files(split, data_files[split])
-            continue
-        if dataset is None:
-            continue
-        if hub is None:
-            hub = datasets.load_dataset(dataset, dataset_config)
-        if split in hub:
-            splits[stage] = RawSplit(hub[split], f"{dataset}[{split}]")
-    return splits
+    def __init__(self, dataset: str | None, dataset_config: str | None, data_files: dict[str, str | list[str]] | None):
+        if dataset is None and not data_files:
+            raise ValueError("no data: set data.init_args.dataset (a hub id) or data.init_args.data_files")
+        self.dataset, self.dataset_config, self.data_files = dataset, dataset_config, data_files or {}
+        self._hub: datasets.DatasetDict | None = None
+        self._splits: dict[str, RawSplit | None] = {}
+
+    def get(self, split: str) -> RawSplit | None:
+        """The split's rows, or None where neither the files nor the hub dataset have it."""
+        if split not in self._splits:
+            self._splits[split] = self._read(split)
+        return self._splits[split]
+
+    def _read(self, split: str) -> RawSplit | None:
+        if split in self.data_files:
+            return _read_files(split, self.data_files[split])
+        if self.dataset is None:
+            return None
+        if self._hub is None:
+            self._hub = datasets.load_dataset(self.dataset, self.dataset_config)
+        return RawSplit(self._hub[split], f"{self.dataset}[{split}]") if split in self._hub else None
