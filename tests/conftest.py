@@ -60,7 +60,8 @@ def review_rows(n: int, seed: int, labelled: bool = True) -> list[dict]:
     for i in range(n):
         label = "positive" if i % 2 == 0 else "negative"
         words = good if label == "positive" else bad
-        text = f"the {rng.choice(things)} was {rng.choice(words)} and the {rng.choice(things)} {rng.choice(words)} ."
+        filler = " really" * rng.randrange(4)  # lengths vary, so batches contain padding
+        text = f"the {rng.choice(things)} was{filler} {rng.choice(words)} and the {rng.choice(things)} {rng.choice(words)} ."
         row = {"id": f"r{seed}-{i}", "text": text}
         if labelled:
             row["label"] = label
