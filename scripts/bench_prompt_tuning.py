@@ -7,8 +7,8 @@ Four variants run on the real all-MiniLM-L6-v2 backbone over the same SST-2 batc
   forward  PromptTuning.class_logits under torch.no_grad, in train mode like the step it is compared to
   peft     PEFT prompt tuning (PromptTuningConfig, SEQ_CLS) on AutoModelForSequenceClassification
 
-Each variant runs in its own subprocess so that peak memory is its own and thread pools, allocator
-caches and lazily created optimizer state of one variant never flatter or burden another.
+Each variant lives in its own worker process (so peak memory, allocator caches and optimizer state
+are its own), and the parent interleaves their steps batch by batch (see main).
 
     HF_HUB_OFFLINE=1 python scripts/bench_prompt_tuning.py [--steps 20 --warmup 3 --device cpu]
 """
@@ -23,6 +23,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,7 +171,9 @@ def build(args, device):
     return model, params, step, batches, loss_fn
 
 
-def run_variant(args) -> dict:
+def worker(args) -> None:
+    """Child process for one variant: build, then run `step <i>` commands from the parent and
+    answer each with its time; `done` answers with the peak memory and a gradient check."""
     import torch
 
     if args.threads:
@@ -179,14 +182,16 @@ def run_variant(args) -> dict:
     model, params, step, batches, loss_fn = build(args, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     memory = PeakMemory(device)  # baseline: model + batches built, nothing run yet
-    times = []
-    for i, batch in enumerate(batches[: args.warmup + args.steps]):
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.startswith("done"):
+            break
+        batch = batches[int(line.split()[1])]
         sync()
         start = time.perf_counter()
         step(batch)
         sync()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
+        print(f"TIME {time.perf_counter() - start}", flush=True)
     peak = memory.peak_growth_mb()
     # One untimed backward: a .grad on any tensor outside the optimizer would mean frozen weights
     # are paying for weight gradients they never use.
@@ -195,26 +200,29 @@ def run_variant(args) -> dict:
         loss_fn(batches[0]).backward()
         trainable = {id(p) for p in params}
         stray = sum(1 for p in model.parameters() if p.grad is not None and id(p) not in trainable)
-    return {
-        "variant": args.variant,
-        "median_ms": 1000 * statistics.median(times),
-        "min_ms": 1000 * min(times),
-        "max_ms": 1000 * max(times),
+    print("RESULT " + json.dumps({
         "peak_mem_mb": peak,
         "memory_method": memory.method,
         "trainable_params": sum(p.numel() for p in params),
         "total_params": sum(p.numel() for p in model.parameters()),
         "frozen_params_with_grad": stray,
         "threads": torch.get_num_threads(),
-        "device": str(device),
-    }
+    }), flush=True)
+
+
+def expect(proc, variant: str, prefix: str, log) -> str:
+    """The payload of the worker's next line starting with `prefix` (other stdout is skipped)."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    log.seek(0)
+    sys.exit(f"variant {variant} died (rc {proc.wait()}):\n{log.read()[-4000:]}")
 
 
 def main() -> None:
     args = parse_args()
-    if args.variant:  # child: run one variant, print one JSON line
-        print("RESULT " + json.dumps(run_variant(args)), flush=True)
-        return
+    if args.variant:
+        return worker(args)
     if args.steps < 1 or args.warmup < 0:
         sys.exit("--steps must be >= 1 and --warmup >= 0")
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -223,16 +231,35 @@ def main() -> None:
     padded = statistics.mean(b["input_ids"].shape[1] for b in timed)
     real = statistics.mean(b["attention_mask"].sum().item() / b["attention_mask"].shape[0] for b in timed)
 
+    # All four workers live at once but only one computes at a time: steps are interleaved batch by
+    # batch (in rotating order), so load from other processes on a shared machine hits every variant
+    # alike instead of whichever happened to run during it; memory stays per process.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    logs = {v: tempfile.TemporaryFile("w+") for v in VARIANTS}  # a file, not a pipe: no stderr deadlock
+    procs = {v: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--variant", v], env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[v])
+             for v in VARIANTS}
+    for v, proc in procs.items():
+        expect(proc, v, "READY", logs[v])
+    times = {v: [] for v in VARIANTS}
+    for i in range(len(batches)):
+        for k in range(len(VARIANTS)):
+            v = VARIANTS[(i + k) % len(VARIANTS)]
+            time.sleep(0.05)  # let the previous worker's OpenMP threads stop spinning
+            procs[v].stdin.write(f"step {i}\n")
+            procs[v].stdin.flush()
+            t = float(expect(procs[v], v, "TIME", logs[v]))
+            if i >= args.warmup:
+                times[v].append(t)
+        print(f"  batch {i + 1}/{len(batches)}", file=sys.stderr, flush=True)
     results = {}
-    for variant in VARIANTS:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            sys.exit(f"variant {variant} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-        results[variant] = json.loads(lines[-1][len("RESULT "):])
-        print(f"  {variant}: {results[variant]['median_ms']:.1f} ms", file=sys.stderr, flush=True)
+    for v, proc in procs.items():
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        ms = [1000 * t for t in times[v]]
+        results[v] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+                      **json.loads(expect(proc, v, "RESULT", logs[v])), "times_ms": ms}
+        proc.wait()
 
     ms = {v: r["median_ms"] for v, r in results.items()}
     summary = {
@@ -249,6 +276,11 @@ def main() -> None:
             "prompt_step / full_finetune_step": ms["prompt"] / ms["full"],
             "lit_prompts_step / peft_step": ms["prompt"] / ms["peft"],
         },
+        # The same ratios batch by batch (median over batches): robust to load that comes and goes.
+        "paired_ratios": {name: statistics.median(x / y for x, y in zip(times[a], times[b]))
+                          for name, a, b in (("prompt_step / prompted_forward", "prompt", "forward"),
+                                             ("prompt_step / full_finetune_step", "prompt", "full"),
+                                             ("lit_prompts_step / peft_step", "prompt", "peft"))},
         "targets": {"prompt_step / prompted_forward": 2.3, "lit_prompts_step / peft_step": 1.0},
     }
     print(f"\nMiniLM-L6 ({BACKBONE}), batch {args.batch_size}, {args.virtual_tokens} virtual tokens, "
@@ -260,11 +292,12 @@ def main() -> None:
         print(f"{v:<10}{r['median_ms']:>11.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}"
               f"{r['peak_mem_mb']:>13.1f}{r['trainable_params']:>12,}")
     print(f"memory: {summary['memory_method']}")
-    print()
+    print(f"\n{'ratio':<34}{'medians':>8}{'paired':>9}   (paired: median over batches of per-batch ratios)")
     for name, value in summary["ratios"].items():
         target = summary["targets"].get(name)
         verdict = "" if target is None else f"  (target <= {target}: {'met' if value <= target else 'MISSED'})"
-        print(f"{name:<34}{value:>6.2f}{verdict}")
+        paired = summary["paired_ratios"][name]
+        print(f"{name:<34}{value:>8.2f}{paired:>9.2f}{verdict}")
     print("\n" + json.dumps(summary))
     if args.output:
         Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
