@@ -151,3 +151,10 @@ def test_predict_log_names_output(tiny_backbone, reviews, tmp_path, caplog):
         "PromptTuning"
     )
     assert cli.trainer.checkpoint_callback.best_model_score is not None
+
+
+def test_max_length_plus_prompt_beyond_positions_is_refused(tiny_backbone, reviews, tmp_path):
+    args = fit_args(tiny_backbone("bert"), {"train": reviews["train"]}, "--data.max_length=510")
+    args[3] = "--model.num_virtual_tokens=4"
+    with pytest.raises(ValueError, match=r"max_length=510 plus 4 virtual tokens exceeds the 512 positions"):
+        run_cli(*args, root=tmp_path)

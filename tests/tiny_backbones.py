@@ -45,7 +45,7 @@ something everything anything way thing things life man woman world family frien
 """.split()))
 _CHARS = string.ascii_lowercase + string.digits + string.punctuation
 _SUFFIXES = ("s", "es", "ed", "ing", "ly", "er", "est", "'s")  # common WordPiece continuations
-_MAX_LEN = 128  # model_max_length of every tokenizer
+_MAX_LEN = 512  # model_max_length of every tokenizer, and positions as in BERT
 _TOK_KW = dict(model_max_length=_MAX_LEN)
 _BERT_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=64, max_position_embeddings=_MAX_LEN)

@@ -96,6 +96,16 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         self.backbone.train(mode and self.hparams.backbone_dropout)
         return self
 
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        limit = getattr(self.backbone.config, "max_position_embeddings", None)
+        prompt_length = self.hparams.get("num_virtual_tokens", 0)
+        if datamodule is not None and limit and datamodule.hparams.max_length + prompt_length > limit:
+            raise ValueError(
+                f"data.init_args.max_length={datamodule.hparams.max_length} plus {prompt_length} virtual tokens "
+                f"exceeds the {limit} positions of {self.fingerprint['name']!r}: lower max_length"
+            )
+
     # --- what subclasses provide ----------------------------------------------------------------
     def input_prompt(self, input_embeds: Tensor, attention_mask: Tensor) -> Tensor | None:
         """Virtual-token embeddings [batch, P, hidden] to prepend to the input, or None."""
