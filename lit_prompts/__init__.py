@@ -2,7 +2,7 @@
 
 from .data import PromptDataModule
 from .loading import load
-from .methods import PromptMethod, PromptTuning
+from .methods import DeepPromptMethod, PrefixTuning, PromptMethod, PromptTuning, PTuningV2
 
-__all__ = ["PromptDataModule", "PromptMethod", "PromptTuning", "load"]
+__all__ = ["DeepPromptMethod", "PTuningV2", "PrefixTuning", "PromptDataModule", "PromptMethod", "PromptTuning", "load"]
 __version__ = "0.1.0"

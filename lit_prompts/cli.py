@@ -36,6 +36,17 @@ class LitPromptsCLI(LightningCLI):
             **kwargs,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # With --ckpt_path, Lightning replaces the model's arguments by those saved in the
+        # checkpoint. How to predict is not part of what was trained: keep this run's settings.
+        sub = self.config.get("subcommand")
+        keys = [f"model.init_args.{k}" for k in PromptMethod.inference_settings]
+        given = {k: self.config[sub].get(k) for k in keys} if sub else {}
+        super()._parse_ckpt_path()
+        for key, value in given.items():
+            if value is not None:
+                self.config[sub][key] = value
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
         parser.link_arguments("data.init_args.task_format", "model.init_args.task_format")

@@ -1,4 +1,4 @@
-"""Every architecture x format through the real CLI: fit -> checkpoint -> load -> predict."""
+"""Every method x architecture x format through the real CLI: fit -> checkpoint -> load -> predict."""
 
 from __future__ import annotations
 
@@ -12,12 +12,35 @@ import lit_prompts
 from lit_prompts.backbone import load_backbone
 
 P = 4  # virtual tokens
-CASES = [(arch, fmt) for arch, formats in FORMATS.items() for fmt in formats]
+MLP = 16  # reparameterisation width
+METHODS = ("PromptTuning", "PrefixTuning", "PTuningV2")
+CASES = [(method, arch, fmt) for method in METHODS for arch, formats in FORMATS.items() for fmt in formats]
 
 
-def method_args(backbone: str, fmt: str, reviews: dict) -> list[str]:
+def expected_trainable(model) -> dict[str, int]:
+    """Trainable tensor name -> size, from each method's formula (L layers, H hidden, H_kv·d per key)."""
+    f, layers = model.facts, getattr(model, "num_layers", 0)
+    kv_width = f.num_key_value_heads * f.head_dim
+    method = type(model).__name__
+    if method == "PromptTuning":
+        sizes = {"prompt": P * f.hidden_size}
+    elif method == "PTuningV2":
+        sizes = {"deep_prompts": layers * P * f.hidden_size}
+    else:  # PrefixTuning, reparameterised: embedding [P, H] -> Linear(H, MLP) -> Tanh -> Linear(MLP, L*2*H_kv*d)
+        out = layers * 2 * kv_width
+        sizes = {
+            "reparam.embedding": P * f.hidden_size,
+            "reparam.mlp.0.weight": f.hidden_size * MLP, "reparam.mlp.0.bias": MLP,
+            "reparam.mlp.2.weight": MLP * out, "reparam.mlp.2.bias": out,
+        }
+    if model.hparams.task_format == "head":
+        sizes |= {"head.1.weight": f.hidden_size * 2, "head.1.bias": 2}
+    return sizes
+
+
+def method_args(method: str, backbone: str, fmt: str, reviews: dict) -> list[str]:
     args = [
-        "--model=PromptTuning",
+        f"--model={method}",
         f"--model.backbone={backbone}",
         f"--model.num_virtual_tokens={P}",
         f"--data.task_format={fmt}",
@@ -25,6 +48,8 @@ def method_args(backbone: str, fmt: str, reviews: dict) -> list[str]:
         "--data.batch_size=8",
         "--data.max_length=48",
     ]
+    if method == "PrefixTuning":
+        args.append(f"--model.reparam_hidden_size={MLP}")
     if fmt == "cloze":
         args += ["--data.verbalizer={positive: great, negative: bad}", "--data.template={text} it was {mask} ."]
     if fmt == "text_to_text":
@@ -32,19 +57,16 @@ def method_args(backbone: str, fmt: str, reviews: dict) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("arch,fmt", CASES, ids=[f"{a}-{f}" for a, f in CASES])
-def test_fit_checkpoint_load_predict(arch, fmt, tiny_backbone, reviews, tmp_path):
+@pytest.mark.parametrize("method,arch,fmt", CASES, ids=[f"{m}-{a}-{f}" for m, a, f in CASES])
+def test_fit_checkpoint_load_predict(method, arch, fmt, tiny_backbone, reviews, tmp_path):
     backbone = tiny_backbone(arch)
-    args = method_args(backbone, fmt, reviews)
+    args = method_args(method, backbone, fmt, reviews)
     cli = run_cli("fit", *args, data_files_arg(reviews), "--trainer.max_epochs=2", root=tmp_path)
     model = cli.model
-    hidden = model.facts.hidden_size
 
-    # Exactly the prompt (and the head, in head format) trains; the count equals the formula.
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    head = {"head.1.weight", "head.1.bias"} if fmt == "head" else set()
-    assert trainable == {"prompt"} | head
-    assert sum(p.numel() for p in model.trainable_parameters()) == P * hidden + (hidden * 2 + 2 if head else 0)
+    # Exactly the prompt-side tensors (and the head, in head format) train; sizes equal the formula.
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == expected_trainable(model)
 
     # The frozen backbone is bitwise what was loaded from disk.
     fresh = load_backbone(backbone, fmt).state_dict()
@@ -55,15 +77,17 @@ def test_fit_checkpoint_load_predict(arch, fmt, tiny_backbone, reviews, tmp_path
     # The checkpoint holds exactly the trainable tensors, and the loaded method has them.
     best = cli.trainer.checkpoint_callback.best_model_path
     checkpoint = torch.load(best, map_location="cpu", weights_only=False)
-    assert set(checkpoint["state_dict"]) == trainable
-    assert checkpoint["optimizer_states"][0]["state"], "optimizer state of the prompt is saved"
+    assert set(checkpoint["state_dict"]) == set(trainable)
+    assert len(checkpoint["optimizer_states"][0]["state"]) == len(trainable), "optimizer state of every tensor"
     loaded = lit_prompts.load(best)
-    assert type(loaded).__name__ == "PromptTuning"
-    assert torch.equal(loaded.prompt, checkpoint["state_dict"]["prompt"])
+    assert type(loaded).__name__ == method
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in checkpoint["state_dict"].items())
 
-    # The exported prompt (best checkpoint's) reloads to the same tensors.
+    # The exported prompt (best checkpoint's, reparameterisation folded) reloads to the same tensors.
     exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt")
-    assert torch.equal(exported.prompt, loaded.prompt)
+    folded = loaded.export_tensors()
+    assert exported.trainable_state_dict().keys() == folded.keys()
+    assert all(torch.equal(exported.trainable_state_dict()[k], v) for k, v in folded.items())
 
     # predict writes one JSONL row per unlabelled example, with the label set and a probability.
     output = tmp_path / "predictions.jsonl"
@@ -74,3 +98,10 @@ def test_fit_checkpoint_load_predict(arch, fmt, tiny_backbone, reviews, tmp_path
     assert [r["id"] for r in rows] == expected_ids
     assert {r["label"] for r in rows} <= {"positive", "negative"}
     assert all(0.5 <= r["score"] <= 1.0 for r in rows)  # the winning probability of two labels
+
+    if fmt == "text_to_text":  # and free text, generated with the prompt in place
+        run_cli("predict", *args, data_files_arg(files), f"--ckpt_path={best}", f"--predictions.output={output}",
+                "--model.predict_with=generate", "--model.max_new_tokens=3", "--model.num_beams=2", root=tmp_path)
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [r["id"] for r in rows] == expected_ids
+        assert all(isinstance(r["text"], str) for r in rows)

@@ -29,8 +29,10 @@ def trained_state(ckpt_path) -> dict:
 
 
 def test_resumed_run_ends_with_the_same_prompt(tiny_backbone, reviews, tmp_path):
-    # Dropout stays on in backbone and head, so equality also needs the RNG state restored.
-    args = prompt_args(tiny_backbone("bert"), reviews, "--seed_everything=7", "--trainer.max_epochs=3")
+    # Dropout on in backbone and head, so equality also needs the RNG state restored.
+    args = prompt_args(
+        tiny_backbone("bert"), reviews, "--seed_everything=7", "--trainer.max_epochs=3", "--model.backbone_dropout=true"
+    )
     keep_all = ["--checkpoint.save_top_k=-1", "--checkpoint.monitor=null", "--checkpoint.filename=epoch{epoch}"]
     # The whole run keeps every epoch's checkpoint; the resumed run uses the default callbacks.
     run_cli("fit", *args, *keep_all, root=tmp_path / "whole")

@@ -72,6 +72,7 @@ class Collator:
             gold = [self.class_targets[max(f["label"], 0)] for f in features]
             batch.update(self._sequences(sources, gold))
             if self.with_candidates:
+                batch["source"] = self._inputs(sources)  # the templated input alone, for generation
                 n = len(self.class_targets)
                 batch["candidates"] = self._sequences(
                     [s for s in sources for _ in range(n)], [t for _ in sources for t in self.class_targets]

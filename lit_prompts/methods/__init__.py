@@ -1,6 +1,9 @@
 """Prompt methods: one module each, all subclasses of ``PromptMethod``."""
 
 from .base import PromptMethod
+from .deep import DeepPromptMethod
+from .p_tuning_v2 import PTuningV2
+from .prefix_tuning import PrefixTuning
 from .prompt_tuning import PromptTuning
 
-__all__ = ["PromptMethod", "PromptTuning"]
+__all__ = ["DeepPromptMethod", "PTuningV2", "PrefixTuning", "PromptMethod", "PromptTuning"]

@@ -8,7 +8,7 @@ and export.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import get_scheduler
+from transformers import AutoTokenizer, get_scheduler
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..backbone import ArchitectureFacts, backbone_fingerprint, load_backbone
+from ..backbone import ArchitectureFacts, backbone_fingerprint, load_backbone, resolve_path
 from .checkpointing import PromptCheckpointing
 from .scoring import pool_hidden, sequence_logprobs
 
@@ -38,8 +39,17 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         pooling: head format: ``auto`` (first real token for encoders, last for decoders, mean
             for T5), ``first``, ``last`` or ``mean`` over real (non-prompt) tokens.
         head_dropout: dropout before the classifier head.
-        backbone_dropout: keep the frozen backbone's own dropout active while training (as in
-            Lester et al. and PEFT); False makes the backbone a deterministic feature extractor.
+        backbone_dropout: keep the frozen backbone's own dropout active while training (as PEFT
+            does). Off by default: the frozen backbone is then a deterministic feature extractor,
+            its step is about 1.6x faster on CPU (no dropout masks, fused attention kernels) and
+            needs less memory, at equal SST-2 accuracy (README, Results).
+        gradient_checkpointing: recompute the backbone's layer activations in the backward pass
+            (transformers' non-reentrant activation checkpointing) to save memory.
+        predict_with: text-to-text ``predict``: ``labels`` (rank classification over the label
+            words: label and score per example) or ``generate`` (free text from the backbone with
+            the prompt in place).
+        max_new_tokens: ``generate``: the most tokens generated per example.
+        num_beams: ``generate``: 1 for greedy decoding, more for beam search.
         optimizer: optimizer over the trainable tensors only (default AdamW at ``default_lr``).
         lr_schedule: a ``transformers.get_scheduler`` name: linear, cosine, constant_with_warmup, ...
         warmup_steps: linear warmup steps (overrides ``warmup_ratio`` when > 0).
@@ -47,6 +57,9 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     """
 
     default_lr: float = 1e-3
+    # Arguments that say how to run a trained method, not what was trained: a command's own
+    # values win over those stored in a checkpoint.
+    inference_settings = ("predict_with", "max_new_tokens", "num_beams")
 
     def __init__(
         self,
@@ -58,7 +71,11 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         attn_implementation: str | None = None,
         pooling: str = "auto",
         head_dropout: float = 0.1,
-        backbone_dropout: bool = True,
+        backbone_dropout: bool = False,
+        gradient_checkpointing: bool = False,
+        predict_with: str = "labels",
+        max_new_tokens: int = 20,
+        num_beams: int = 1,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: str = "linear",
         warmup_steps: int = 0,
@@ -72,8 +89,16 @@ class PromptMethod(PromptCheckpointing, LightningModule):
             raise ValueError("cloze format needs one verbalizer token id per label (linked from the data module)")
         if pooling not in ("auto", "first", "last", "mean"):
             raise ValueError(f"model.init_args.pooling={pooling!r} is not one of auto, first, last, mean")
+        if predict_with not in ("labels", "generate") or (predict_with == "generate" and task_format != "text_to_text"):
+            raise ValueError(
+                f"model.init_args.predict_with={predict_with!r}: use 'labels', or 'generate' with task_format text_to_text"
+            )
         self.backbone = load_backbone(backbone, task_format, backbone_dtype, attn_implementation)
-        self.backbone.train(backbone_dropout)  # Lightning trains modules in the mode they are found
+        if gradient_checkpointing:
+            if not self.backbone.supports_gradient_checkpointing:
+                raise ValueError(f"model.init_args.gradient_checkpointing: {type(self.backbone).__name__} does not support it")
+            self.backbone.activation_checkpointing_enable()  # non-reentrant: prompts need no input grads
+        self.train(False)  # sets the backbone's mode; Lightning trains modules in the mode they are found
         self.facts = ArchitectureFacts.from_config(self.backbone.config)
         self.fingerprint = backbone_fingerprint(backbone, self.backbone)
         self.optimizer_factory = optimizer
@@ -94,12 +119,19 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self.backbone.train(mode and self.hparams.backbone_dropout)
+        if mode and self.hparams.gradient_checkpointing:
+            # transformers checkpoints a layer only while that layer is in training mode; flag the
+            # checkpointed layers alone (not their children, whose attention dropout reads
+            # ``self.training``) so that dropout stays as backbone_dropout says.
+            for module in self.backbone.modules():
+                if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+                    module.training = True
         return self
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self.trainer is not None else None
         limit = getattr(self.backbone.config, "max_position_embeddings", None)
-        prompt_length = self.hparams.get("num_virtual_tokens", 0)
+        prompt_length = self.input_prompt_length
         if datamodule is not None and limit and datamodule.hparams.max_length + prompt_length > limit:
             raise ValueError(
                 f"data.init_args.max_length={datamodule.hparams.max_length} plus {prompt_length} virtual tokens "
@@ -107,13 +139,19 @@ class PromptMethod(PromptCheckpointing, LightningModule):
             )
 
     # --- what subclasses provide ----------------------------------------------------------------
+    input_prompt_length: int = 0  # positions the input prompt takes (checked against the backbone's)
+
     def input_prompt(self, input_embeds: Tensor, attention_mask: Tensor) -> Tensor | None:
         """Virtual-token embeddings [batch, P, hidden] to prepend to the input, or None."""
         return None
 
+    def install_layer_prompts(self) -> None:
+        """Put per-layer prompts in place before a backbone call (deep-prompt methods)."""
+
     # --- forward ----------------------------------------------------------------------------------
     def embed_inputs(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> dict:
         """Token embeddings with the method's prompt prepended, as keyword arguments for the backbone."""
+        self.install_layer_prompts()
         embeddings = self.backbone.get_input_embeddings()
         embeds = embeddings(input_ids)
         prompt = self.input_prompt(embeds, attention_mask)
@@ -129,6 +167,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         if self.facts.is_decoder_only:
             # Decoders are left-padded: count positions over real tokens only, as generation does.
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["use_cache"] = False  # a single pass: a cache would only hold tensors longer
         return {"inputs_embeds": embeds, "attention_mask": attention_mask, **kwargs}
 
     def num_prompt_tokens(self, inputs: dict, input_ids: Tensor) -> int:
@@ -153,7 +192,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         targets = seqs["target_ids"]
         if self.facts.is_encoder_decoder:
             decoder_inputs = self.backbone.prepare_decoder_input_ids_from_labels(targets)
-            logits = self.backbone(**inputs, decoder_input_ids=decoder_inputs).logits
+            logits = self.backbone(**inputs, decoder_input_ids=decoder_inputs, use_cache=False).logits
         else:
             # Targets end every (left-padded) row: only the last positions need vocabulary logits.
             keep = int((targets != -100).sum(-1).max()) + 1
@@ -189,6 +228,9 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         self._evaluate(batch, self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        if self.hparams.predict_with == "generate":
+            texts = self.generate(batch["source"]["input_ids"], batch["source"]["attention_mask"])
+            return [{"id": i, "text": t} for i, t in zip(batch["ids"], texts)]
         probs = self.scores(batch).softmax(-1)
         score, index = probs.max(-1)
         names = self.hparams.label_names
@@ -196,6 +238,32 @@ class PromptMethod(PromptCheckpointing, LightningModule):
             {"id": i, "label": names[k], "score": round(s, 6)}
             for i, k, s in zip(batch["ids"], index.tolist(), score.tolist())
         ]
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, **generate_kwargs) -> list[str]:
+        """Generated continuations (decoder) or outputs (T5) with the prompt in place, as text."""
+        ids = self.generate_ids(input_ids, attention_mask, **generate_kwargs)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def generate_ids(self, input_ids: Tensor, attention_mask: Tensor, **generate_kwargs) -> Tensor:
+        """Token ids generated with the prompt in place: only the new tokens for decoders, the
+        decoder output (from its start token) for T5. Greedy or beam search per ``num_beams``."""
+        tokenizer = self.tokenizer
+        inputs = self.embed_inputs(input_ids, attention_mask)
+        inputs.pop("position_ids", None)  # generate derives them from the mask exactly as embed_inputs does
+        inputs.pop("use_cache", None)
+        settings = {
+            "max_new_tokens": self.hparams.max_new_tokens,
+            "num_beams": self.hparams.num_beams,
+            "do_sample": False,
+            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            **generate_kwargs,
+        }
+        return self.backbone.generate(**inputs, **settings)
+
+    @cached_property
+    def tokenizer(self):
+        return AutoTokenizer.from_pretrained(resolve_path(self.hparams.backbone))
 
     # --- optimisation -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -74,6 +74,10 @@ class PromptCheckpointing:
         """Tensors needed at inference; methods with a training-only parameterisation fold it here."""
         return self.trainable_state_dict()
 
+    def export_init_args(self) -> dict:
+        """The settings that rebuild this method around the exported tensors."""
+        return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+
     def export_prompt(self, folder: str | Path) -> Path:
         """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder."""
         folder = Path(folder)
@@ -82,7 +86,7 @@ class PromptCheckpointing:
         save_file(tensors, folder / PROMPT_FILE)
         settings = {
             "class_path": self.class_path(),
-            "init_args": {k: v for k, v in self.hparams.items() if not k.startswith("_")},
+            "init_args": self.export_init_args(),
             "backbone": self.fingerprint,
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
         }

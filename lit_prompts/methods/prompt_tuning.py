@@ -38,6 +38,7 @@ class PromptTuning(PromptMethod):
         if init == "text" and not init_text:
             raise ValueError("model.init_args.init='text' needs model.init_args.init_text")
         self.prompt = nn.Parameter(self._initial_prompt(num_virtual_tokens, init, init_text))
+        self.input_prompt_length = num_virtual_tokens
 
     def _initial_prompt(self, length: int, init: str, init_text: str | None) -> Tensor:
         table = self.backbone.get_input_embeddings().weight.detach().float()

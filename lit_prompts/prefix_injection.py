@@ -1,0 +1,175 @@
+"""Key/value prefixes in every self-attention layer of a frozen backbone: the deep-prompt mechanism.
+
+Each self-attention module keeps its own computation; only its call to the attention kernel is
+wrapped. Right before the kernel, the layer's prefix keys and values ``[H_kv, P, d]`` (or
+``[B, H_kv, P, d]`` for per-example prefixes) go in front of the real keys and values, the attention
+mask gains P always-visible columns, and a relative-position bias (T5, MPNet) gains P zero columns.
+
+Why at the kernel and not through ``past_key_values``: DistilBERT, MPNet and the T5 encoder have no
+cache argument; the input sequence stays exactly as long as the text, so position ids, padding side,
+``cache_position``, the generation cache and token-level heads are untouched; and gradient
+checkpointing recomputes a layer with the same prefix because the prefix stays installed until the
+next forward (a cache is consumed by the first pass).
+
+Semantics, shared by every architecture: prefix keys carry no position (they are learned after any
+rotary embedding, and get zero relative bias), and real tokens keep the positions they would have
+without a prefix. A prefix given by hand as a ``DynamicCache`` with explicit ``position_ids`` for the
+real tokens is therefore the same computation, which the tests check.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
+from transformers.models.t5.modeling_t5 import eager_attention_forward as eager_with_position_bias
+
+KERNEL_NAME = "lit_prompts_prefix"
+SUPPORTED_KERNELS = ("eager", "sdpa")
+# Child names of the key projection (or GPT-2's fused qkv) that mark a self-attention module.
+_KEY_PROJECTIONS = {"key": "value", "k_lin": "v_lin", "k": "v", "k_proj": "v_proj"}
+_CROSS_ATTENTION_NAMES = ("EncDecAttention", "crossattention")
+
+
+def _prefixed_kernel(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
+    """Registered as an attention implementation; used only by modules ``install`` rewired."""
+    prefix = module.lit_prompts_prefix
+    if prefix is not None:
+        key, value, attention_mask, kwargs = _with_prefix(module, query, key, value, attention_mask, prefix, kwargs)
+    return module.lit_prompts_kernel(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(KERNEL_NAME, _prefixed_kernel)
+
+
+def _with_prefix(module, query, key, value, mask, prefix, kwargs):
+    prefix_key, prefix_value = (_batched(t, query.shape[0]).to(key.dtype) for t in prefix)
+    p, q_len, k_len = prefix_key.shape[2], query.shape[2], key.shape[2]
+    if mask is None and getattr(module, "is_causal", False) and q_len > 1:
+        # The kernel would otherwise infer causality from equal lengths, which the prefix breaks.
+        visible = torch.ones(q_len, k_len, dtype=torch.bool, device=key.device).tril(k_len - q_len)
+        mask = visible[None, None] if module.lit_prompts_kernel_name == "sdpa" else _additive(visible, query.dtype)
+    if mask is not None:
+        extra = mask.new_ones(*mask.shape[:-1], p) if mask.dtype == torch.bool else mask.new_zeros(*mask.shape[:-1], p)
+        mask = torch.cat([extra, mask], dim=-1)
+    bias = kwargs.get("position_bias")
+    if bias is not None:  # prefix keys have no position: zero relative bias
+        kwargs = {**kwargs, "position_bias": torch.cat([bias.new_zeros(*bias.shape[:-1], p), bias], dim=-1)}
+    return torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2), mask, kwargs
+
+
+def _batched(t: Tensor, batch: int) -> Tensor:
+    if t.dim() == 3:
+        return t.unsqueeze(0).expand(batch, -1, -1, -1)
+    if t.shape[0] != batch:  # beam search: each example's rows are repeated consecutively
+        return t.repeat_interleave(batch // t.shape[0], dim=0)
+    return t
+
+
+def _additive(visible: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+
+
+class PrefixedMPNetSelfAttention(MPNetSelfAttention):
+    """MPNet computes attention inline; this is its forward routed through the prefixed kernel."""
+
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
+        shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+        q, k, v = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        context, probs = _prefixed_kernel(
+            self, q, k, v, attention_mask, scaling=self.attention_head_size**-0.5,
+            dropout=self.dropout.p if self.training else 0.0, position_bias=position_bias,
+        )
+        out = self.o(context.reshape(*hidden_states.shape[:-1], self.all_head_size))
+        return (out, probs) if output_attentions else (out,)
+
+
+def find_self_attention(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The self-attention modules of a backbone in forward order (T5: encoder, then decoder)."""
+    found = []
+    for name, module in backbone.named_modules():
+        children = dict(module.named_children())
+        projects = "c_attn" in children or any(k in children for k in _KEY_PROJECTIONS)
+        cross = name.rsplit(".", 1)[-1] in _CROSS_ATTENTION_NAMES or getattr(module, "is_cross_attention", False)
+        if type(module).__name__.endswith("Attention") and projects and not cross and "Cross" not in type(module).__name__:
+            found.append((name, module))
+    return found
+
+
+class PrefixInjector:
+    """Rewires every self-attention module of ``backbone`` and feeds them prefixes.
+
+    ``set(prefixes)`` installs one (key, value) pair per layer, in ``find_self_attention`` order;
+    ``set(None)`` removes them. Prefixes stay installed until replaced, so a recomputation under
+    gradient checkpointing sees the same ones.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        kernel = backbone.config._attn_implementation or "eager"
+        if kernel not in SUPPORTED_KERNELS:
+            raise ValueError(
+                f"deep prompts work with attn_implementation {SUPPORTED_KERNELS}; the backbone uses {kernel!r} "
+                "(set model.init_args.attn_implementation)"
+            )
+        self.layers = find_self_attention(backbone)
+        if not self.layers:
+            raise ValueError(f"found no self-attention modules in {type(backbone).__name__}")
+        for _, module in self.layers:
+            _install(module, kernel)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def stacks(self) -> list[str]:
+        """Per layer: ``decoder`` for the decoder stack of an encoder-decoder, else ``encoder`` or ``layers``."""
+        names = [name for name, _ in self.layers]
+        if not any(".decoder." in f".{n}" for n in names):
+            return ["layers"] * len(names)
+        return ["decoder" if ".decoder." in f".{n}" else "encoder" for n in names]
+
+    def set(self, prefixes: list[tuple[Tensor, Tensor]] | None) -> None:
+        if prefixes is not None and len(prefixes) != len(self.layers):
+            raise ValueError(f"got prefixes for {len(prefixes)} layers; the backbone has {len(self.layers)}")
+        for i, (_, module) in enumerate(self.layers):
+            module.lit_prompts_prefix = None if prefixes is None else prefixes[i]
+
+    def project(self, layer: int, hidden: Tensor, num_kv_heads: int) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[H_kv, P, d]`` of hidden-state prompts ``[P, H]`` under the layer's own
+        frozen projections (no position: rotary is not applied)."""
+        module = self.layers[layer][1]
+        children = dict(module.named_children())
+        hidden = hidden.to(next(module.parameters()).dtype)  # fp32 prompts into a bf16 backbone
+        if "c_attn" in children:  # GPT-2: one fused projection to query, key and value
+            _, key, value = children["c_attn"](hidden).split(module.split_size, dim=-1)
+        else:
+            k_name = next(k for k in _KEY_PROJECTIONS if k in children)
+            key, value = children[k_name](hidden), children[_KEY_PROJECTIONS[k_name]](hidden)
+        key, value = (t.view(t.shape[0], num_kv_heads, -1) for t in (key, value))
+        if "k_norm" in children:  # per-head query/key norms (Qwen3, OLMo2)
+            key = children["k_norm"](key)
+        return key.transpose(0, 1), value.transpose(0, 1)
+
+
+def _install(module: nn.Module, kernel: str) -> None:
+    module.lit_prompts_prefix = None
+    module.lit_prompts_kernel_name = kernel
+    if isinstance(module, MPNetSelfAttention):
+        module.__class__ = PrefixedMPNetSelfAttention
+        module.lit_prompts_kernel = eager_with_position_bias
+        return
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise ValueError(f"{type(module).__name__} does not use transformers' attention interface")
+    module.lit_prompts_kernel = ALL_ATTENTION_FUNCTIONS.get_interface(kernel, eager)
+    # The module looks its kernel up by config name at every call: give it a private view of the
+    # config naming ours. The model's own config keeps the real name, so masks are still built
+    # in the format of the real kernel.
+    view = copy.copy(module.config)
+    view._attn_implementation_internal = KERNEL_NAME
+    module.config = view
