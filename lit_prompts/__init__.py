@@ -2,7 +2,10 @@
 
 from .data import PromptDataModule
 from .loading import load
-from .methods import DeepPromptMethod, PrefixTuning, PromptMethod, PromptTuning, PTuningV2
+from .methods import DeepPromptMethod, FullFineTuning, PrefixTuning, PromptMethod, PromptTuning, PTuning, PTuningV2
 
-__all__ = ["DeepPromptMethod", "PTuningV2", "PrefixTuning", "PromptDataModule", "PromptMethod", "PromptTuning", "load"]
+__all__ = [
+    "DeepPromptMethod", "FullFineTuning", "PTuning", "PTuningV2", "PrefixTuning", "PromptDataModule", "PromptMethod", "PromptTuning",
+    "load",
+]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-TASK_FORMATS = ("head", "text_to_text", "cloze")
+TASK_FORMATS = ("head", "text_to_text", "cloze", "token", "span")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
@@ -107,7 +107,8 @@ def load_backbone(
 ) -> PreTrainedModel:
     """Load the backbone in the form a task format needs, frozen and in ``dtype``.
 
-    head          the bare encoder (T5: its encoder only); the method adds its own head
+    head, token,  the bare encoder (T5: its encoder only); the method adds its own head
+    span
     text_to_text  a causal LM, or a seq2seq LM for encoder-decoders; its LM head is reused
     cloze         a masked LM; its LM head scores the verbalizer words at the mask
     """
@@ -118,7 +119,7 @@ def load_backbone(
     path = resolve_path(name)
     config = AutoConfig.from_pretrained(path)
     facts = ArchitectureFacts.from_config(config)
-    if task_format == "head":
+    if task_format in ("head", "token", "span"):
         auto = AutoModelForTextEncoding if facts.is_encoder_decoder else AutoModel
     elif task_format == "text_to_text":
         if not (facts.is_encoder_decoder or facts.is_decoder_only):
@@ -132,7 +133,8 @@ def load_backbone(
             raise ValueError(f"task_format='cloze' needs a masked-LM encoder; {name!r} is a {facts.model_type}")
         auto = AutoModelForMaskedLM
     kwargs = {}
-    if task_format == "head" and "add_pooling_layer" in inspect.signature(auto._model_mapping[type(config)]).parameters:
+    bare = task_format in ("head", "token", "span")
+    if bare and "add_pooling_layer" in inspect.signature(auto._model_mapping[type(config)]).parameters:
         # Our heads pool hidden states themselves; an unused pooler would only add weights (random
         # ones when the checkpoint was saved from a masked LM).
         kwargs["add_pooling_layer"] = False

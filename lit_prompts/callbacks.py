@@ -7,8 +7,18 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``monitor: auto`` (the default) becomes the task's own metric:
+    ``val/accuracy`` for classification, ``val/f1`` (entity F1) for NER."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.monitor == "auto":
+            self.monitor = getattr(pl_module, "monitor", None)
+        super().setup(trainer, pl_module, stage)
 
 
 class ExportPrompt(Callback):

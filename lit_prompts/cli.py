@@ -7,7 +7,7 @@ import os
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .callbacks import ExportPrompt, PredictionWriter
+from .callbacks import BestCheckpoint, ExportPrompt, PredictionWriter
 from .data import PromptDataModule
 from .methods import PromptMethod
 
@@ -16,7 +16,7 @@ class LitPromptsCLI(LightningCLI):
     """LightningCLI with the links between model and data, and the callbacks every run wants.
 
     - ``model.init_args.backbone`` is copied to the data module (same tokenizer as the model);
-    - ``data.init_args.task_format`` is copied to the model;
+    - ``data.init_args.task`` and ``task_format`` are copied to the model;
     - the data module's label names (and cloze verbalizer ids) go to the model at instantiation;
     - the best checkpoint on the monitored metric, ``last.ckpt`` with the latest state (to resume),
       export of the best prompt, and a JSONL prediction writer.
@@ -49,17 +49,18 @@ class LitPromptsCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
+        parser.link_arguments("data.init_args.task", "model.init_args.task")
         parser.link_arguments("data.init_args.task_format", "model.init_args.task_format")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.verbalizer_token_ids", "model.init_args.verbalizer_token_ids", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         # Lightning's save_last only copies the checkpoint saved last, which stops updating when
         # the monitored metric stops improving; resuming needs the latest state, always.
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__qualname__}"},
-                "checkpoint.monitor": "val/accuracy",
+                "checkpoint.monitor": "auto",
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best-{epoch}-{step}",
                 "checkpoint.auto_insert_metric_name": False,

@@ -12,9 +12,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
+from tiny_backbones import build_tiny_backbone  # noqa: E402
 
 from lit_prompts.cli import main  # noqa: E402
-from tiny_backbones import build_tiny_backbone  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -84,6 +84,90 @@ def reviews(tmp_path_factory) -> dict[str, str]:
         "test": str(write_jsonl(folder / "test.jsonl", review_rows(16, seed=3))),
         "unlabelled": str(write_jsonl(folder / "unlabelled.jsonl", review_rows(8, seed=4, labelled=False))),
     }
+
+
+NER_POOLS = {
+    "PER": [["john", "smith"], ["mary"], ["peter", "brown"], ["anna"]],
+    "LOC": [["paris"], ["new", "york"], ["london"], ["berlin"]],
+    "ORG": [["acme", "corp"], ["the", "bank"], ["reuters"]],
+    "MISC": [["german"], ["english"], ["olympic"]],
+}
+
+
+def ner_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Short sentences with one to three entities of the four CoNLL types, in BIO tags."""
+    rng = random.Random(seed)
+    fillers = ["said", "the", "visited", "and", "met", "in", "with", "today", "news", "after"]
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(1, 3)):
+            for _ in range(rng.randint(0, 2)):
+                tokens.append(rng.choice(fillers)), tags.append("O")
+            kind = rng.choice(sorted(NER_POOLS))
+            words = rng.choice(NER_POOLS[kind])
+            tokens += words
+            tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+        tokens.append("."), tags.append("O")
+        out.append((tokens, tags))
+    return out
+
+
+def write_conll(path: Path, sentences) -> Path:
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for tokens, tags in sentences:
+        lines += [f"{t} NN O {g}" for t, g in zip(tokens, tags)] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ner_files(tmp_path_factory) -> dict[str, str]:
+    """CoNLL train / validation / test files and an unlabelled jsonl (tokens only) to predict."""
+    folder = tmp_path_factory.mktemp("ner")
+    unlabelled = [{"id": f"s{i}", "tokens": t} for i, (t, _) in enumerate(ner_sentences(6, seed=14))]
+    return {
+        "train": str(write_conll(folder / "train.conll", ner_sentences(32, seed=11))),
+        "validation": str(write_conll(folder / "dev.conll", ner_sentences(16, seed=12))),
+        "test": str(write_conll(folder / "test.conll", ner_sentences(16, seed=13))),
+        "unlabelled": str(write_jsonl(folder / "unlabelled.jsonl", unlabelled)),
+    }
+
+
+def squad_articles(n: int, seed: int) -> dict:
+    """SQuAD-layout json: each paragraph tells who went where; questions ask for the person or the
+    place. Filler sentences make contexts long enough to need several windows."""
+    rng = random.Random(seed)
+    people = [" ".join(p) for p in NER_POOLS["PER"]]
+    places = [" ".join(p) for p in NER_POOLS["LOC"]]
+    filler = "the news said that the market was quiet today and the team won the game ."
+    articles = []
+    for a in range(n):
+        paragraphs = []
+        for p in range(2):
+            person, place = rng.choice(people), rng.choice(places)
+            fact = f"{person} visited {place} after the election ."
+            context = " ".join([filler] * rng.randint(0, 3) + [fact] + [filler] * rng.randint(0, 3))
+            at = context.index(fact)
+            qas = [
+                {"id": f"a{a}p{p}who", "question": f"who visited {place} ?", "answers": [{"text": person, "answer_start": at}]},
+                {"id": f"a{a}p{p}where", "question": f"where did {person} go ?",
+                 "answers": [{"text": place, "answer_start": at + len(person) + len(" visited ")},
+                             {"text": f"{place} after", "answer_start": at + len(person) + len(" visited ")}]},
+            ]
+            paragraphs.append({"context": context, "qas": qas})
+        articles.append({"title": f"article {a}", "paragraphs": paragraphs})
+    return {"version": "1.1", "data": articles}
+
+
+@pytest.fixture(scope="session")
+def squad_files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("squad")
+    out = {}
+    for split, (n, seed) in {"train": (4, 21), "validation": (2, 22)}.items():
+        (folder / f"{split}.json").write_text(json.dumps(squad_articles(n, seed)))
+        out[split] = str(folder / f"{split}.json")
+    return out
 
 
 def data_files_arg(files: dict[str, str], splits=("train", "validation", "test")) -> str:

@@ -8,6 +8,8 @@ configs run with their hardware swapped for CPUs (DDP as ddp_spawn over two proc
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -16,10 +18,25 @@ from conftest import REPO, SHARED_DATA, data_files_arg, run_cli
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 TASK_CONFIGS = [c for c in CONFIGS if "trainer" not in c.parts]
 TRAINER_CONFIGS = [c for c in CONFIGS if "trainer" in c.parts]
-TINY_FOR_FORMAT = {"head": "bert", "cloze": "roberta", "text_to_text": "llama"}
+TINY_FOR_FORMAT = {"head": "bert", "cloze": "roberta", "text_to_text": "llama", "token": "bert", "span": "bert"}
 FEW_STEPS = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
              "--trainer.val_check_interval=1.0", "--trainer.max_steps=-1"]
 SST2 = {"train": str(SHARED_DATA / "sst2" / "train.tsv"), "validation": str(SHARED_DATA / "sst2" / "dev.tsv")}
+CONLL = {"train": str(SHARED_DATA / "conll2003" / "train.txt"), "validation": str(SHARED_DATA / "conll2003" / "valid.txt")}
+SQUAD_DEV = SHARED_DATA / "squad_v1.1" / "dev-v1.1.json"
+
+
+def local_copies(dataset: str, tmp_path) -> dict[str, str]:
+    """../shared/data in place of a hub dataset (SQuAD: its dev set split by article, by the script)."""
+    if dataset == "stanfordnlp/sst2":
+        return SST2
+    if dataset == "eriktks/conll2003":
+        return CONLL
+    assert dataset == "rajpurkar/squad", dataset
+    split = tmp_path / "squad_split"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "split_squad_by_article.py"), str(SQUAD_DEV),
+                    "--first=40", f"--output={split}"], check=True, capture_output=True)
+    return {"train": str(split / "train.json"), "validation": str(split / "validation.json")}
 
 
 def name(path) -> str:
@@ -42,10 +59,11 @@ def test_task_config_runs(config, tiny_backbone, tmp_path):
     else:
         tiny = tiny_backbone(TINY_FOR_FORMAT[settings["data"]["init_args"]["task_format"]])
         overrides.append(f"--model.backbone={tiny}")
-    if settings["data"]["init_args"].get("dataset") == "stanfordnlp/sst2":
-        if not SST2["train"] or not (SHARED_DATA / "sst2").is_dir():
-            pytest.skip("../shared/data/sst2 is not beside the repository")
-        overrides.append(data_files_arg(SST2, splits=("train", "validation")))
+    dataset = settings["data"]["init_args"].get("dataset")
+    if dataset:
+        if not SHARED_DATA.is_dir():
+            pytest.skip("../shared/data is not beside the repository")
+        overrides.append(data_files_arg(local_copies(dataset, tmp_path), splits=("train", "validation")))
     cli = run_cli("fit", f"--config={config}", *overrides, f"--trainer.default_root_dir={tmp_path}", root=tmp_path)
     assert cli.trainer.global_step == 2
     assert (tmp_path / "lightning_logs" / "version_0" / "prompt" / "prompt.safetensors").is_file()

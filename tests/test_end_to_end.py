@@ -13,7 +13,7 @@ from lit_prompts.backbone import load_backbone
 
 P = 4  # virtual tokens
 MLP = 16  # reparameterisation width
-METHODS = ("PromptTuning", "PrefixTuning", "PTuningV2")
+METHODS = ("PromptTuning", "PTuning", "PrefixTuning", "PTuningV2")
 CASES = [(method, arch, fmt) for method in METHODS for arch, formats in FORMATS.items() for fmt in formats]
 
 
@@ -24,6 +24,15 @@ def expected_trainable(model) -> dict[str, int]:
     method = type(model).__name__
     if method == "PromptTuning":
         sizes = {"prompt": P * f.hidden_size}
+    elif method == "PTuning":  # embedding [P, H] -> 2-layer bidirectional LSTM (H/2 per direction) -> MLP H -> H -> H
+        h, H = f.hidden_size // 2, f.hidden_size
+        sizes = {"prompt_embedding": P * H}
+        for layer, inputs in ((0, H), (1, 2 * h)):
+            for suffix in ("", "_reverse"):
+                sizes |= {f"encoder.lstm.weight_ih_l{layer}{suffix}": 4 * h * inputs,
+                          f"encoder.lstm.weight_hh_l{layer}{suffix}": 4 * h * h,
+                          f"encoder.lstm.bias_ih_l{layer}{suffix}": 4 * h, f"encoder.lstm.bias_hh_l{layer}{suffix}": 4 * h}
+        sizes |= {"encoder.mlp.0.weight": H * H, "encoder.mlp.0.bias": H, "encoder.mlp.2.weight": H * H, "encoder.mlp.2.bias": H}
     elif method == "PTuningV2":
         sizes = {"deep_prompts": layers * P * f.hidden_size}
     else:  # PrefixTuning, reparameterised: embedding [P, H] -> Linear(H, MLP) -> Tanh -> Linear(MLP, L*2*H_kv*d)
@@ -50,10 +59,13 @@ def method_args(method: str, backbone: str, fmt: str, reviews: dict) -> list[str
     ]
     if method == "PrefixTuning":
         args.append(f"--model.reparam_hidden_size={MLP}")
+    # P-tuning places its virtual tokens inside the template, around real anchor words.
+    virtual = ("[P:3] ", "[P:1] ") if method == "PTuning" else ("", "")
     if fmt == "cloze":
-        args += ["--data.verbalizer={positive: great, negative: bad}", "--data.template={text} it was {mask} ."]
+        args += ["--data.verbalizer={positive: great, negative: bad}",
+                 f"--data.template={virtual[0]}{{text}} {virtual[1]}it was {{mask}} ."]
     if fmt == "text_to_text":
-        args += ["--data.template=review : {text} sentiment :"]
+        args += [f"--data.template={virtual[0]}review : {{text}} {virtual[1]}sentiment :"]
     return args
 
 

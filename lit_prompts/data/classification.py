@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from .sources import RawSplit
+from .templates import count_virtual_tokens, expand_markers, placeholder, virtual_index
 
 DEFAULT_TEMPLATES = {
     "cloze": "{text} Label: {mask}.",
@@ -90,6 +91,7 @@ class ClassificationEncoder:
     max_length: int
 
     def __post_init__(self):
+        self.virtual_tokens = 0
         if self.task_format == "head":
             return
         if self.template is None:
@@ -99,6 +101,10 @@ class ClassificationEncoder:
             raise ValueError(f"data.init_args.template {self.template!r} has no {{text}} field")
         if self.task_format == "cloze" and "mask" not in fields:
             raise ValueError(f"cloze template {self.template!r} needs a {{mask}} field")
+        self.virtual_tokens = count_virtual_tokens(self.template)
+        if self.virtual_tokens:  # P-tuning: prompt vectors at the [P:n] markers
+            token, self.placeholder_id = placeholder(self.tokenizer)
+            self.template = expand_markers(self.template, token)
 
     # --- targets -----------------------------------------------------------------------------
     def class_target_ids(self) -> list[list[int]]:
@@ -146,6 +152,8 @@ class ClassificationEncoder:
                 shorter = self._shorten(text[i], len(ids) - budget)
                 ids = self.tokenizer(render(i, shorter)).input_ids[:budget]
             feature = {"input_ids": ids}
+            if self.virtual_tokens:
+                feature["virtual_index"] = virtual_index(ids, self.placeholder_id, self.virtual_tokens, f"example {i}")
             if self.task_format == "cloze":
                 if self.tokenizer.mask_token_id not in ids:
                     raise ValueError(f"example {i}: the mask token was truncated away (max_length={self.max_length})")

@@ -11,20 +11,27 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbone import TASK_FORMATS, ArchitectureFacts, load_config, resolve_path
+from ..tasks import get_task
 from .classification import PAIR_TEMPLATES, ClassificationEncoder, label_ids, resolve_label_names, texts, warn_truncated
 from .collate import Collator, EpochShuffleSampler, ListDataset
+from .ner import NerEncoder, read_tagged, resolve_tag_names
+from .qa import SPAN_LABELS, QaCollator, QaEncoder, read_questions
 from .sources import RawSplit, SplitReader
 
 STAGES = ("train", "validation", "test", "predict")
 
 
 class PromptDataModule(LightningDataModule):
-    """Classification data from a hub dataset or local csv / tsv / json / jsonl files.
+    """Classification, NER or extractive QA data from a hub dataset or local csv / tsv / json /
+    jsonl files (NER also CoNLL column files ``.conll`` / ``.txt``; QA also SQuAD's nested json).
 
     Args:
         backbone: hub id or folder of the backbone whose tokenizer is used (linked from the model).
-        task_format: ``head`` (classifier head), ``cloze`` (masked LM + verbalizer) or
-            ``text_to_text`` (causal or seq2seq LM; evaluated by rank classification).
+        task: ``classification``, ``ner`` or ``qa``.
+        task_format: classification: ``head`` (classifier head), ``cloze`` (masked LM + verbalizer)
+            or ``text_to_text`` (causal or seq2seq LM; evaluated by rank classification);
+            ner: ``token`` (a tag per token) or ``text_to_text`` (entities generated as text);
+            qa: ``span`` (start and end scores per token) or ``text_to_text`` (answer generated).
         dataset: hub dataset id, e.g. ``stanfordnlp/sst2``.
         dataset_config: hub dataset configuration name.
         data_files: split name -> local file(s); these win over ``dataset`` for the splits they name.
@@ -33,7 +40,13 @@ class PromptDataModule(LightningDataModule):
         text_pair_column: column of the second text for sentence-pair tasks.
         label_column: column of the label (names or integer ids).
         id_column: column used as the example id in predictions (default: the row number).
-        label_names: the label set in order; default from the data.
+        tokens_column: ner: column of each sentence's words.
+        tags_column: ner: column of each sentence's tags (names or ids); CoNLL files give both.
+        question_column: qa: column of the question.
+        context_column: qa: column of the context.
+        answers_column: qa: column of the answers, ``{text: [...], answer_start: [...]}`` as in SQuAD.
+        stride: qa span format: tokens shared by consecutive windows over a long context.
+        label_names: the label set in order (ner: the BIO tag set); default from the data.
         verbalizer: label name -> word(s) standing for it in cloze / text-to-text formats.
         template: source template with ``{text}``, ``{text_pair}`` and (cloze) ``{mask}`` fields.
         target_template: text-to-text target, with a ``{label}`` field for the verbalizer word.
@@ -46,6 +59,7 @@ class PromptDataModule(LightningDataModule):
     def __init__(
         self,
         backbone: str = "",
+        task: str = "classification",
         task_format: str = "head",
         dataset: str | None = None,
         dataset_config: str | None = None,
@@ -55,6 +69,12 @@ class PromptDataModule(LightningDataModule):
         text_pair_column: str | None = None,
         label_column: str = "label",
         id_column: str | None = None,
+        tokens_column: str = "tokens",
+        tags_column: str = "ner_tags",
+        question_column: str = "question",
+        context_column: str = "context",
+        answers_column: str = "answers",
+        stride: int = 128,
         label_names: list[str] | None = None,
         verbalizer: dict[str, str] | None = None,
         template: str | None = None,
@@ -67,6 +87,7 @@ class PromptDataModule(LightningDataModule):
         super().__init__()
         if task_format not in TASK_FORMATS:
             raise ValueError(f"data.init_args.task_format={task_format!r} is not one of {TASK_FORMATS}")
+        get_task(task, task_format)  # an unknown task, or a format the task lacks, fails here
         if not backbone:
             raise ValueError("data.init_args.backbone is empty (the CLI links it from model.init_args.backbone)")
         # Kept in checkpoints, not sent to loggers: the model logs the linked values (label names).
@@ -86,6 +107,10 @@ class PromptDataModule(LightningDataModule):
     @cached_property
     def label_names(self) -> list[str]:
         train = None if self.hparams.label_names else self.reader.get(self.splits["train"])
+        if self.hparams.task == "qa":
+            return list(SPAN_LABELS)
+        if self.hparams.task == "ner":
+            return resolve_tag_names(self.hparams.label_names, train, self.hparams.tags_column)
         return resolve_label_names(self.hparams.label_names, train, self.hparams.label_column)
 
     @property
@@ -94,7 +119,10 @@ class PromptDataModule(LightningDataModule):
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.hparams.backbone))
+        # Words of a tagged sentence are tokenized one by one: byte-level BPE needs the space a
+        # word has inside a sentence (other tokenizers ignore the flag).
+        words = {"add_prefix_space": True} if self.hparams.task_format == "token" else {}
+        tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.hparams.backbone), **words)
         if tokenizer.pad_token is None:  # GPT-2 style tokenizers: pad with EOS, masked out anyway
             tokenizer.pad_token = tokenizer.eos_token
         if self.facts.is_decoder_only:
@@ -106,8 +134,15 @@ class PromptDataModule(LightningDataModule):
         return ArchitectureFacts.from_config(load_config(self.hparams.backbone))
 
     @cached_property
-    def encoder(self) -> ClassificationEncoder:
+    def encoder(self) -> ClassificationEncoder | NerEncoder | QaEncoder:
         h = self.hparams
+        if h.task == "qa":
+            if h.stride >= h.max_length // 2:
+                raise ValueError(f"data.init_args.stride={h.stride} must be below half of max_length={h.max_length}")
+            return QaEncoder(self.tokenizer, h.task_format, self.facts.is_encoder_decoder, h.template, h.max_length, h.stride)
+        if h.task == "ner":
+            return NerEncoder(self.tokenizer, h.task_format, self.facts.is_encoder_decoder, self.label_names,
+                              h.template, h.max_length)
         verbalizer = h.verbalizer or {}
         missing = [n for n in verbalizer if n not in self.label_names]
         if missing:
@@ -124,6 +159,11 @@ class PromptDataModule(LightningDataModule):
             target_template=h.target_template,
             max_length=h.max_length,
         )
+
+    @property
+    def template_virtual_tokens(self) -> int:
+        """How many ``[P:n]`` virtual tokens the template holds (P-tuning)."""
+        return getattr(self.encoder, "virtual_tokens", 0)
 
     @property
     def verbalizer_token_ids(self) -> list[int] | None:
@@ -144,6 +184,10 @@ class PromptDataModule(LightningDataModule):
 
     def _encode(self, stage: str, split: RawSplit) -> ListDataset:
         h = self.hparams
+        if h.task == "ner":
+            return self._encode_ner(stage, split)
+        if h.task == "qa":
+            return self._encode_qa(stage, split)
         text = texts(split, h.text_column, "text_column")
         pair = texts(split, h.text_pair_column, "text_pair_column") if h.text_pair_column else None
         labels = label_ids(split, h.label_column, self.label_names, required=stage != "predict")
@@ -154,14 +198,47 @@ class PromptDataModule(LightningDataModule):
             feature["id"], feature["label"] = example_id, label
         return ListDataset(features)
 
+    def _encode_ner(self, stage: str, split: RawSplit) -> ListDataset:
+        h = self.hparams
+        sentences, tags = read_tagged(split, h.tokens_column, h.tags_column, self.label_names)
+        if stage != "predict" and any(t is None for t in tags):
+            raise ValueError(f"{split.source}: column {h.tags_column!r} is missing (the tags_column)")
+        ids = split.column(h.id_column, "id_column") if h.id_column else list(range(len(sentences)))
+        features, truncated = self.encoder.encode(sentences, tags)
+        warn_truncated(split.source, truncated, len(sentences), h.max_length)
+        for feature, example_id in zip(features, ids):
+            feature["id"] = example_id
+        return ListDataset(features)
+
+    def _encode_qa(self, stage: str, split: RawSplit) -> ListDataset:
+        h = self.hparams
+        columns = {"question": h.question_column, "context": h.context_column, "answers": h.answers_column,
+                   "id": h.id_column or "id"}
+        examples = read_questions(split, columns, labelled=stage != "predict")
+        if h.task_format == "text_to_text":
+            features, truncated = self.encoder.text_features(examples)
+            warn_truncated(split.source, truncated, len(examples), h.max_length)
+            for feature, e in zip(features, examples):
+                feature.update(id=e.id, answers=e.answers, starts=e.starts, context=e.context)
+            return ListDataset(features)
+        windows = self.encoder.windows(examples)
+        if stage == "train":  # training steps over windows
+            return ListDataset([{**w, "id": e.id} for e, ws in zip(examples, windows) for w in ws])
+        return ListDataset([
+            {"id": e.id, "context": e.context, "answers": e.answers, "starts": e.starts, "windows": ws}
+            for e, ws in zip(examples, windows)
+        ])
+
     def _collator(self, with_candidates: bool) -> Collator:
-        fmt = self.hparams.task_format
+        fmt, classification = self.hparams.task_format, self.hparams.task == "classification"
+        if fmt == "span":
+            return QaCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side, train=not with_candidates)
         return Collator(
             pad_id=self.tokenizer.pad_token_id,
             padding_side=self.tokenizer.padding_side,
             task_format=fmt,
             is_encoder_decoder=self.facts.is_encoder_decoder,
-            class_targets=self.encoder.class_target_ids() if fmt == "text_to_text" else None,
+            class_targets=self.encoder.class_target_ids() if fmt == "text_to_text" and classification else None,
             with_candidates=with_candidates,
         )
 

@@ -36,6 +36,37 @@ class RawSplit:
         return self.rows[name]
 
 
+CONLL_SUFFIXES = (".conll", ".txt")
+
+
+def read_conll(paths: list[str], names: list[str]) -> datasets.Dataset:
+    """CoNLL column files: one ``TOKEN ... TAG`` line per word, blank lines between sentences,
+    ``-DOCSTART-`` lines between documents. Every line of a file must have the same number of
+    columns. Columns: tokens, ner_tags (the last column), and line (where each sentence starts)."""
+    tokens, tags, lines = [], [], []
+    for path, name in zip(paths, names):
+        width, words, word_tags, start = None, [], [], 0
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate([*f, ""], start=1):
+                fields = line.split()
+                if not fields or fields[0] == "-DOCSTART-":
+                    if words:
+                        tokens.append(words), tags.append(word_tags), lines.append(f"{name}, sentence at line {start}")
+                    words, word_tags = [], []
+                    continue
+                if width is None:
+                    width = len(fields)
+                    if width < 2:
+                        raise ValueError(f"{name}, line {number}: one column; CoNLL needs a token and a tag per line")
+                if len(fields) != width:
+                    raise ValueError(f"{name}, line {number}: {len(fields)} columns, the file's other lines have {width}")
+                if not words:
+                    start = number
+                words.append(fields[0])
+                word_tags.append(fields[-1])
+    return datasets.Dataset.from_dict({"tokens": tokens, "ner_tags": tags, "line": lines})
+
+
 def _read_files(split: str, paths: str | list[str]) -> RawSplit:
     paths = [paths] if isinstance(paths, str) else list(paths)
     resolved = [resolve_path(p) for p in paths]
@@ -43,8 +74,17 @@ def _read_files(split: str, paths: str | list[str]) -> RawSplit:
         if not Path(path).is_file():
             raise FileNotFoundError(f"data file for split {split!r} not found: {original}")
     suffixes = {Path(p).suffix.lower() for p in resolved}
-    if len(suffixes) != 1 or next(iter(suffixes)) not in _BUILDERS:
-        raise ValueError(f"split {split!r}: files {paths} must share one of the extensions {sorted(_BUILDERS)}")
+    known = sorted([*_BUILDERS, *CONLL_SUFFIXES])
+    if len(suffixes) != 1 or next(iter(suffixes)) not in known:
+        raise ValueError(f"split {split!r}: files {paths} must share one of the extensions {known}")
+    if next(iter(suffixes)) in CONLL_SUFFIXES:
+        return RawSplit(read_conll(resolved, paths), ", ".join(paths))
+    if next(iter(suffixes)) == ".json":
+        from .qa import read_squad_json  # SQuAD's nested layout; other json goes to `datasets`
+
+        squad = read_squad_json(resolved)
+        if squad is not None:
+            return RawSplit(squad, ", ".join(paths))
     builder, kwargs = _BUILDERS[suffixes.pop()]
     rows = datasets.load_dataset(builder, data_files={split: resolved}, split=split, **kwargs)
     return RawSplit(rows, ", ".join(paths))

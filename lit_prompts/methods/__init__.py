@@ -2,8 +2,10 @@
 
 from .base import PromptMethod
 from .deep import DeepPromptMethod
+from .full_finetuning import FullFineTuning
+from .p_tuning import PTuning
 from .p_tuning_v2 import PTuningV2
 from .prefix_tuning import PrefixTuning
 from .prompt_tuning import PromptTuning
 
-__all__ = ["DeepPromptMethod", "PTuningV2", "PrefixTuning", "PromptMethod", "PromptTuning"]
+__all__ = ["DeepPromptMethod", "FullFineTuning", "PTuning", "PTuningV2", "PrefixTuning", "PromptMethod", "PromptTuning"]

@@ -11,17 +11,15 @@ from __future__ import annotations
 from functools import cached_property, partial
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoTokenizer, get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..backbone import ArchitectureFacts, backbone_fingerprint, load_backbone, resolve_path
+from ..tasks import get_task
 from .checkpointing import PromptCheckpointing
 from .scoring import pool_hidden, sequence_logprobs
 
@@ -31,8 +29,10 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     Args:
         backbone: hub id, local folder, or ``pkg://package/path`` of a Hugging Face model.
-        task_format: ``head``, ``cloze`` or ``text_to_text`` (linked from the data module).
-        label_names: the label set (linked from the data module).
+        task: ``classification``, ``ner`` or ``qa`` (linked from the data module).
+        task_format: classification: ``head``, ``cloze`` or ``text_to_text``; ner: ``token`` or
+            ``text_to_text``; qa: ``span`` or ``text_to_text`` (linked from the data module).
+        label_names: the label set, or the tag set for ner (linked from the data module).
         verbalizer_token_ids: cloze only: the vocabulary id standing for each label (linked).
         backbone_dtype: ``float32`` or ``bfloat16`` for the frozen weights; prompts stay float32.
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``...; default: transformers' choice.
@@ -50,6 +50,8 @@ class PromptMethod(PromptCheckpointing, LightningModule):
             the prompt in place).
         max_new_tokens: ``generate``: the most tokens generated per example.
         num_beams: ``generate``: 1 for greedy decoding, more for beam search.
+        max_answer_tokens: qa span format: the longest answer decoded, in tokens.
+        n_best: qa span format: start and end candidates tried per window.
         optimizer: optimizer over the trainable tensors only (default AdamW at ``default_lr``).
         lr_schedule: a ``transformers.get_scheduler`` name: linear, cosine, constant_with_warmup, ...
         warmup_steps: linear warmup steps (overrides ``warmup_ratio`` when > 0).
@@ -59,11 +61,12 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     default_lr: float = 1e-3
     # Arguments that say how to run a trained method, not what was trained: a command's own
     # values win over those stored in a checkpoint.
-    inference_settings = ("predict_with", "max_new_tokens", "num_beams")
+    inference_settings = ("predict_with", "max_new_tokens", "num_beams", "max_answer_tokens", "n_best")
 
     def __init__(
         self,
         backbone: str,
+        task: str = "classification",
         task_format: str = "head",
         label_names: list[str] | None = None,
         verbalizer_token_ids: list[int] | None = None,
@@ -76,6 +79,8 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         predict_with: str = "labels",
         max_new_tokens: int = 20,
         num_beams: int = 1,
+        max_answer_tokens: int = 30,
+        n_best: int = 20,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: str = "linear",
         warmup_steps: int = 0,
@@ -83,6 +88,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        self.task = get_task(task, task_format)
         if not label_names:
             raise ValueError("model.init_args.label_names is empty (the CLI links it from the data module)")
         if task_format == "cloze" and (not verbalizer_token_ids or len(verbalizer_token_ids) != len(label_names)):
@@ -105,14 +111,9 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         if pooling == "auto":
             pooling = "mean" if self.facts.is_encoder_decoder else "last" if self.facts.is_decoder_only else "first"
         self.pooling = pooling
-        if task_format == "head":
+        if task_format in ("head", "token", "span"):  # per label (span: start, end): of the pooled text or of each token
             self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.facts.hidden_size, len(label_names)))
-        metrics = MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(len(label_names), average="micro"),
-                "macro_f1": MulticlassF1Score(len(label_names), average="macro"),
-            }
-        )
+        metrics = self.task.metrics(label_names)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
@@ -132,6 +133,12 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         datamodule = self.trainer.datamodule if self.trainer is not None else None
         limit = getattr(self.backbone.config, "max_position_embeddings", None)
         prompt_length = self.input_prompt_length
+        in_template = getattr(datamodule, "template_virtual_tokens", 0)
+        if in_template and in_template != self.template_prompt_length:
+            raise ValueError(
+                f"data.init_args.template has {in_template} virtual tokens ([P:n]); {type(self).__name__} fills "
+                f"{self.template_prompt_length} (P-tuning: set model.init_args.num_virtual_tokens={in_template})"
+            )
         if datamodule is not None and limit and datamodule.hparams.max_length + prompt_length > limit:
             raise ValueError(
                 f"data.init_args.max_length={datamodule.hparams.max_length} plus {prompt_length} virtual tokens "
@@ -140,21 +147,42 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     # --- what subclasses provide ----------------------------------------------------------------
     input_prompt_length: int = 0  # positions the input prompt takes (checked against the backbone's)
+    template_prompt_length: int = 0  # prompt vectors a template's [P:n] markers can take
 
     def input_prompt(self, input_embeds: Tensor, attention_mask: Tensor) -> Tensor | None:
         """Virtual-token embeddings [batch, P, hidden] to prepend to the input, or None."""
+        return None
+
+    def template_prompt(self) -> Tensor | None:
+        """Prompt vectors [P, hidden] for the ``[P:n]`` positions of a template (P-tuning), or None
+        for methods that cannot place their prompt inside the text."""
         return None
 
     def install_layer_prompts(self) -> None:
         """Put per-layer prompts in place before a backbone call (deep-prompt methods)."""
 
     # --- forward ----------------------------------------------------------------------------------
-    def embed_inputs(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> dict:
-        """Token embeddings with the method's prompt prepended, as keyword arguments for the backbone."""
+    def embed_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+        virtual_index: Tensor | None = None,
+    ) -> dict:
+        """Token embeddings with the method's prompt in place (prepended, or at a template's
+        virtual positions given by ``virtual_index``), as keyword arguments for the backbone."""
         self.install_layer_prompts()
         embeddings = self.backbone.get_input_embeddings()
         embeds = embeddings(input_ids)
-        prompt = self.input_prompt(embeds, attention_mask)
+        if virtual_index is not None:
+            vectors = self.template_prompt()
+            if vectors is None:
+                raise ValueError(
+                    f"the data template has [P:n] virtual tokens, which {type(self).__name__} cannot fill: use "
+                    "PTuning, or a template without them"
+                )
+            placed = vectors.to(embeds.dtype)[virtual_index.clamp(min=0)]
+            embeds = torch.where((virtual_index >= 0).unsqueeze(-1), placed, embeds)
+            prompt = None
+        else:
+            prompt = self.input_prompt(embeds, attention_mask)
         kwargs = {}
         if prompt is not None:
             b, p = prompt.shape[:2]
@@ -175,7 +203,9 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     def class_logits(self, batch: dict) -> Tensor:
         """[batch, num_labels] scores for head and cloze formats."""
-        inputs = self.embed_inputs(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        inputs = self.embed_inputs(
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), batch.get("virtual_index")
+        )
         shift = self.num_prompt_tokens(inputs, batch["input_ids"])
         if self.hparams.task_format == "head":
             hidden = self.backbone(**inputs).last_hidden_state
@@ -186,9 +216,16 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         at_mask = logits[torch.arange(logits.shape[0], device=logits.device), batch["mask_index"] + shift]
         return at_mask[:, self.hparams.verbalizer_token_ids].float()
 
+    def token_logits(self, batch: dict) -> Tensor:
+        """[batch, seq, num_labels] scores of every input token (virtual positions removed)."""
+        inputs = self.embed_inputs(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        shift = self.num_prompt_tokens(inputs, batch["input_ids"])
+        hidden = self.backbone(**inputs).last_hidden_state[:, shift:]
+        return self.head(hidden).float()
+
     def sequence_scores(self, seqs: dict, reduction: str) -> Tensor:
         """Text-to-text: log-probability of each row's target tokens (sum or mean over tokens)."""
-        inputs = self.embed_inputs(seqs["input_ids"], seqs["attention_mask"])
+        inputs = self.embed_inputs(seqs["input_ids"], seqs["attention_mask"], virtual_index=seqs.get("virtual_index"))
         targets = seqs["target_ids"]
         if self.facts.is_encoder_decoder:
             decoder_inputs = self.backbone.prepare_decoder_input_ids_from_labels(targets)
@@ -207,9 +244,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         return self.sequence_scores(batch["candidates"], "sum").view(len(batch["ids"]), -1)
 
     def training_loss(self, batch: dict) -> Tensor:
-        if self.hparams.task_format == "text_to_text":
-            return -self.sequence_scores(batch, "token_mean")
-        return F.cross_entropy(self.class_logits(batch), batch["label"])
+        return self.task.loss(self, batch)
 
     # --- Lightning steps ----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -217,39 +252,45 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection) -> None:
-        metrics.update(self.scores(batch), batch["label"])
-        self.log_dict(metrics, prog_bar=True, batch_size=len(batch["ids"]))
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        self.task.update(self, batch, self.val_metrics)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self.task.update(self, batch, self.test_metrics)
+
+    def _log_metrics(self, metrics) -> None:
+        # compute() gathers the metric states of every process (sums), so the values are global.
+        self.log_dict(metrics.compute(), prog_bar=True, rank_zero_only=False)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        if self.hparams.predict_with == "generate":
-            texts = self.generate(batch["source"]["input_ids"], batch["source"]["attention_mask"])
-            return [{"id": i, "text": t} for i, t in zip(batch["ids"], texts)]
-        probs = self.scores(batch).softmax(-1)
-        score, index = probs.max(-1)
-        names = self.hparams.label_names
-        return [
-            {"id": i, "label": names[k], "score": round(s, 6)}
-            for i, k, s in zip(batch["ids"], index.tolist(), score.tolist())
-        ]
+        return self.task.predict(self, batch)
 
-    def generate(self, input_ids: Tensor, attention_mask: Tensor, **generate_kwargs) -> list[str]:
-        """Generated continuations (decoder) or outputs (T5) with the prompt in place, as text."""
-        ids = self.generate_ids(input_ids, attention_mask, **generate_kwargs)
+    @property
+    def monitor(self) -> str:
+        """The validation metric that picks the best checkpoint by default."""
+        return self.task.monitor
+
+    def generate(self, inputs: dict, **generate_kwargs) -> list[str]:
+        """Generated continuations (decoder) or outputs (T5) of a batch's ``source`` inputs
+        (input_ids, attention_mask, optional virtual_index) with the prompt in place, as text."""
+        ids = self.generate_ids(inputs["input_ids"], inputs["attention_mask"], inputs.get("virtual_index"), **generate_kwargs)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     @torch.no_grad()
-    def generate_ids(self, input_ids: Tensor, attention_mask: Tensor, **generate_kwargs) -> Tensor:
+    def generate_ids(
+        self, input_ids: Tensor, attention_mask: Tensor, virtual_index: Tensor | None = None, **generate_kwargs
+    ) -> Tensor:
         """Token ids generated with the prompt in place: only the new tokens for decoders, the
         decoder output (from its start token) for T5. Greedy or beam search per ``num_beams``."""
         tokenizer = self.tokenizer
-        inputs = self.embed_inputs(input_ids, attention_mask)
+        inputs = self.embed_inputs(input_ids, attention_mask, virtual_index=virtual_index)
         inputs.pop("position_ids", None)  # generate derives them from the mask exactly as embed_inputs does
         inputs.pop("use_cache", None)
         settings = {

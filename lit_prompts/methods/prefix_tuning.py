@@ -24,7 +24,7 @@ class PrefixTuning(DeepPromptMethod):
         **kwargs: see ``PromptMethod``.
     """
 
-    default_lr = 5e-3
+    default_lr = 1e-3
 
     def __init__(self, num_virtual_tokens: int = 20, reparameterize: bool = True, reparam_hidden_size: int = 512, **kwargs):
         super().__init__(num_virtual_tokens, reparameterize, reparam_hidden_size, **kwargs)

@@ -1,0 +1,178 @@
+"""Named-entity recognition: BIO tag sets, entity spans, and encoding into two task formats.
+
+token         words -> sub-tokens; each word's tag sits on its first sub-token, -100 elsewhere;
+              a trainable head tags every token
+text_to_text  template -> source; target = the entities linearised (``EU [ORG]; German [MISC]``,
+              or ``none``), generated at evaluation and parsed back into spans
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .sources import RawSplit
+
+NO_ENTITIES = "none"
+DEFAULT_NER_TEMPLATE = "Sentence: {text}\nEntities:"
+_ENTITY = re.compile(r"^(?P<text>.+?)\s*\[(?P<type>[^\[\]]+)\]$")
+
+
+def check_bio(tag: str, where: str) -> None:
+    if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+        raise ValueError(f"{where}: tag {tag!r} is not in the BIO scheme (O, B-TYPE, I-TYPE)")
+
+
+def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of each entity, with seqeval's default (conlleval) reading of
+    BIO: an entity starts at B-, or at an I- that does not continue an entity of its type."""
+    spans, kind, start = [], None, 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, tag_type = (tag[0], tag[2:]) if tag != "O" else ("O", None)
+        if kind is not None and (prefix != "I" or tag_type != kind):
+            spans.append((kind, start, i - 1))
+            kind = None
+        if prefix == "B" or (prefix == "I" and kind is None):
+            kind, start = tag_type, i
+    return spans
+
+
+def linearize(tokens: list[str], tags: list[str]) -> str:
+    """``EU [ORG]; German [MISC]`` (``none`` for a sentence without entities)."""
+    parts = [f"{' '.join(tokens[s : e + 1])} [{kind}]" for kind, s, e in entity_spans(tags)]
+    return "; ".join(parts) or NO_ENTITIES
+
+
+def parse_linearized(text: str, tokens: list[str], types: set[str]) -> list[str]:
+    """Generated text back to BIO tags over ``tokens``: each ``words [TYPE]`` part takes the first
+    untagged run of exactly those words, searching left to right; parts that name an unknown type or
+    words not in the sentence are dropped (they cannot be placed)."""
+    tags = ["O"] * len(tokens)
+    cursor = 0
+    for part in text.split(";"):
+        match = _ENTITY.match(part.strip())
+        if not match or match["type"].strip() not in types:
+            continue
+        words = match["text"].split()
+        kind = match["type"].strip()
+        for begin in [*range(cursor, len(tokens)), *range(0, cursor)]:
+            end = begin + len(words)
+            if tokens[begin:end] == words and all(t == "O" for t in tags[begin:end]):
+                tags[begin:end] = [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+                cursor = end
+                break
+    return tags
+
+
+def resolve_tag_names(configured: list[str] | None, train: RawSplit | None, tags_column: str) -> list[str]:
+    """Tag names from the config, else the data's ``Sequence(ClassLabel)``, else the training tags
+    (``O`` first, then by type and B before I)."""
+    if configured:
+        for tag in configured:
+            check_bio(tag, "data.init_args.label_names")
+        return list(configured)
+    if train is None:
+        raise ValueError("tag names unknown: give data.init_args.label_names or a train split")
+    feature = train.rows.features.get(tags_column)
+    inner = getattr(feature, "feature", None)
+    if hasattr(inner, "names"):
+        return list(inner.names)
+    lines = train.rows["line"] if "line" in train.rows.column_names else None
+    seen = set()
+    for row, row_tags in enumerate(train.column(tags_column, "tags_column")):
+        for tag in map(str, row_tags):
+            if tag not in seen:
+                check_bio(tag, lines[row] if lines else f"{train.source}: row {row}")
+                seen.add(tag)
+    return ["O", *sorted(seen - {"O"}, key=lambda t: (t[2:], t[0] != "B"))]
+
+
+def read_tagged(split: RawSplit, tokens_column: str, tags_column: str | None, names: list[str]):
+    """Per row: tokens and tag ids (None where unlabelled), checked; errors name file and line/row."""
+    tokens = split.column(tokens_column, "tokens_column")
+    has_tags = tags_column is not None and tags_column in split.rows.column_names
+    tags = split.column(tags_column, "tags_column") if has_tags else [None] * len(tokens)
+    lines = split.rows["line"] if "line" in split.rows.column_names else None
+    index = {n: i for i, n in enumerate(names)}
+    out_tokens, out_tags = [], []
+    for row, (words, row_tags) in enumerate(zip(tokens, tags)):
+        where = lines[row] if lines else f"{split.source}: row {row}"
+        if not words or any(not str(w).strip() for w in words):
+            raise ValueError(f"{where}: empty sentence or empty token")
+        if row_tags is None:
+            out_tokens.append([str(w) for w in words])
+            out_tags.append(None)
+            continue
+        if len(row_tags) != len(words):
+            raise ValueError(f"{where}: {len(words)} tokens but {len(row_tags)} tags")
+        ids = []
+        for tag in row_tags:
+            if isinstance(tag, int) and not isinstance(tag, bool):
+                if not 0 <= tag < len(names):
+                    raise ValueError(f"{where}: tag id {tag} is outside the tag set {names}")
+                ids.append(tag)
+                continue
+            check_bio(str(tag), where)
+            if str(tag) not in index:
+                raise ValueError(f"{where}: tag {tag!r} is not in the tag set {names}")
+            ids.append(index[str(tag)])
+        out_tokens.append([str(w) for w in words])
+        out_tags.append(ids)
+    return out_tokens, out_tags
+
+
+@dataclass
+class NerEncoder:
+    """Sentences (word lists) into features of the ``token`` or ``text_to_text`` format."""
+
+    tokenizer: PreTrainedTokenizerBase
+    task_format: str
+    is_encoder_decoder: bool
+    tag_names: list[str]
+    template: str | None
+    max_length: int
+
+    def encode(self, sentences: list[list[str]], tags: list[list[int] | None]) -> tuple[list[dict], int]:
+        if self.task_format == "token":
+            return self._encode_token(sentences, tags)
+        return self._encode_text(sentences, tags)
+
+    def _encode_token(self, sentences, tags) -> tuple[list[dict], int]:
+        enc = self.tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=self.max_length)
+        features, truncated = [], 0
+        for i, words in enumerate(sentences):
+            word_ids = enc.word_ids(i)
+            # The first sub-token of each word carries the word's tag; -1 marks every other position.
+            word_index, previous = [], None
+            for w in word_ids:
+                word_index.append(w if w is not None and w != previous else -1)
+                previous = w
+            if max(word_index) < len(words) - 1:
+                truncated += 1
+            feature = {"input_ids": enc["input_ids"][i], "word_index": word_index, "tokens": words, "tags": tags[i]}
+            if "token_type_ids" in enc:
+                feature["token_type_ids"] = enc["token_type_ids"][i]
+            features.append(feature)
+        return features, truncated
+
+    def _encode_text(self, sentences, tags) -> tuple[list[dict], int]:
+        template = self.template or DEFAULT_NER_TEMPLATE
+        features, truncated = [], 0
+        for words, row_tags in zip(sentences, tags):
+            ids = self.tokenizer(template.format(text=" ".join(words))).input_ids
+            if len(ids) > self.max_length:
+                truncated += 1
+                ids = ids[: self.max_length]
+            feature = {"input_ids": ids, "tokens": words, "tags": row_tags}
+            if row_tags is not None:
+                target = " " + linearize(words, [self.tag_names[t] for t in row_tags])
+                feature["target_ids"] = self.target_ids(target)
+            features.append(feature)
+        return features, truncated
+
+    def target_ids(self, text: str) -> list[int]:
+        if self.is_encoder_decoder:
+            return self.tokenizer(text).input_ids  # T5 appends </s> itself
+        return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]

@@ -1,0 +1,180 @@
+"""Extractive question answering: SQuAD-style data, windows over long contexts, and two formats.
+
+span          question + context -> token windows (``max_length``, overlapping by ``stride``); a head
+              scores each token as answer start and end; answers are decoded over all windows of an
+              example and mapped back to the context's characters
+text_to_text  template with question and context -> the answer text, generated at evaluation
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .collate import _pad
+from .sources import RawSplit
+
+DEFAULT_QA_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer:"
+SPAN_LABELS = ["start", "end"]  # the span head scores each token as these two
+
+
+def read_squad_json(paths: list[str]) -> datasets.Dataset | None:
+    """The official SQuAD json (articles -> paragraphs -> questions) as one row per question, with
+    the hub dataset's columns: id, title, context, question, answers {text, answer_start}. None when
+    the files are not in that layout (plain json records are read by the ``datasets`` json builder)."""
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            if f.read(1) != "{":
+                return None
+            f.seek(0)
+            try:
+                articles = json.load(f).get("data")
+            except json.JSONDecodeError:  # json lines
+                return None
+        if not isinstance(articles, list) or not all(isinstance(a, dict) and "paragraphs" in a for a in articles):
+            return None
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    rows.append({
+                        "id": qa["id"], "title": article.get("title", ""), "context": paragraph["context"],
+                        "question": qa["question"],
+                        "answers": {"text": [a["text"] for a in qa["answers"]],
+                                    "answer_start": [a["answer_start"] for a in qa["answers"]]},
+                    })
+    return datasets.Dataset.from_list(rows)
+
+
+@dataclass
+class QaExample:
+    id: str
+    question: str
+    context: str
+    answers: list[str]
+    starts: list[int]
+
+
+def read_questions(split: RawSplit, columns: dict[str, str], labelled: bool) -> list[QaExample]:
+    """Rows as examples; every answer must be found at its ``answer_start`` (errors name the record)."""
+    question, context = split.column(columns["question"], "question_column"), split.column(columns["context"], "context_column")
+    ids = split.column(columns["id"], "id_column") if columns["id"] in split.rows.column_names else range(len(question))
+    has_answers = columns["answers"] in split.rows.column_names
+    if labelled and not has_answers:
+        split.column(columns["answers"], "answers_column")  # raises, naming the column
+    answers = split.rows[columns["answers"]] if has_answers else [None] * len(question)
+    examples = []
+    for row, (qid, q, c, a) in enumerate(zip(ids, question, context, answers)):
+        where = f"{split.source}: record {row} (id {qid!r})"
+        if not str(q).strip() or not str(c).strip():
+            raise ValueError(f"{where}: empty question or context")
+        texts, starts = (list(a["text"]), list(a["answer_start"])) if a else ([], [])
+        if labelled and not texts:
+            raise ValueError(f"{where}: no answer")
+        for text, start in zip(texts, starts):
+            if c[start : start + len(text)] != text:
+                raise ValueError(
+                    f"{where}: answer {text!r} is not at answer_start {start} of the context "
+                    f"(found {c[start : start + len(text)]!r})"
+                )
+        examples.append(QaExample(str(qid), str(q), str(c), texts, starts))
+    return examples
+
+
+@dataclass
+class QaEncoder:
+    tokenizer: PreTrainedTokenizerBase
+    task_format: str
+    is_encoder_decoder: bool
+    template: str | None
+    max_length: int
+    stride: int
+
+    def windows(self, examples: list[QaExample]) -> list[list[dict]]:
+        """Per example: its windows, each with input ids, the context offsets of its tokens (None
+        outside the context) and, where the first answer lies inside, its first and last token."""
+        enc = self.tokenizer(
+            [e.question for e in examples], [e.context for e in examples], truncation="only_second",
+            max_length=self.max_length, stride=self.stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+        )
+        out: list[list[dict]] = [[] for _ in examples]
+        for w, example_index in enumerate(enc["overflow_to_sample_mapping"]):
+            example = examples[example_index]
+            sequence = enc.sequence_ids(w)
+            offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][w], sequence)]
+            window = {"input_ids": enc["input_ids"][w], "offsets": offsets}
+            if "token_type_ids" in enc:
+                window["token_type_ids"] = enc["token_type_ids"][w]
+            if example.answers:
+                window["start"], window["end"] = _answer_tokens(offsets, example.starts[0], len(example.answers[0]))
+            out[example_index].append(window)
+        return out
+
+    def text_features(self, examples: list[QaExample]) -> tuple[list[dict], int]:
+        template = self.template or DEFAULT_QA_TEMPLATE
+        features, truncated = [], 0
+        for e in examples:
+            ids = self.tokenizer(template.format(question=e.question, context=e.context)).input_ids
+            if len(ids) > self.max_length:
+                truncated += 1
+                ids = ids[: self.max_length]
+            feature = {"input_ids": ids}
+            if e.answers:
+                target = " " + e.answers[0]
+                feature["target_ids"] = (
+                    self.tokenizer(target).input_ids if self.is_encoder_decoder
+                    else self.tokenizer(target, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                )
+            features.append(feature)
+        return features, truncated
+
+
+def _answer_tokens(offsets: list, start_char: int, length: int) -> tuple[int, int]:
+    """First and last token of the answer when the window holds all of it, else (0, 0): the
+    window's first token stands for "not in this window" (SQuAD v1 convention)."""
+    end_char = start_char + length
+    inside = [i for i, o in enumerate(offsets) if o is not None]
+    if not inside or offsets[inside[0]][0] > start_char or offsets[inside[-1]][1] < end_char:
+        return 0, 0
+    first = next(i for i in inside if offsets[i][1] > start_char)
+    last = next(i for i in reversed(inside) if offsets[i][0] < end_char)
+    return first, last
+
+
+@dataclass
+class QaCollator:
+    """Span format. Training batches hold windows; evaluation batches hold whole examples (all their
+    windows), so every example is decoded over all its windows inside one batch."""
+
+    pad_id: int
+    padding_side: str
+    train: bool
+
+    def __call__(self, features: list[dict]) -> dict:
+        if self.train:
+            windows, batch = features, {"ids": [f["id"] for f in features]}
+        else:
+            windows = [w for f in features for w in f["windows"]]
+            batch = {
+                "ids": [f["id"] for f in features], "context": [f["context"] for f in features],
+                "answers": [f["answers"] for f in features], "starts": [f["starts"] for f in features],
+                "window_example": [i for i, f in enumerate(features) for _ in f["windows"]],
+                "offsets": [w["offsets"] for w in windows],
+            }
+        rows = [w["input_ids"] for w in windows]
+        batch["input_ids"] = _pad(rows, self.pad_id, self.padding_side)
+        batch["attention_mask"] = _pad([[1] * len(r) for r in rows], 0, self.padding_side)
+        if "token_type_ids" in windows[0]:
+            batch["token_type_ids"] = _pad([w["token_type_ids"] for w in windows], 0, self.padding_side)
+        # Left padding moves every token right by the padding in front of it.
+        shift = [batch["input_ids"].shape[1] - len(r) if self.padding_side == "left" else 0 for r in rows]
+        batch["pad_shift"] = torch.tensor(shift)
+        if "start" in windows[0]:
+            batch["start_positions"] = torch.tensor([w["start"] + s for w, s in zip(windows, shift)])
+            batch["end_positions"] = torch.tensor([w["end"] + s for w, s in zip(windows, shift)])
+        return batch
+
