@@ -2,10 +2,27 @@
 
 from .data import PromptDataModule
 from .loading import load
-from .methods import DeepPromptMethod, FullFineTuning, PrefixTuning, PromptMethod, PromptTuning, PTuning, PTuningV2
+from .methods import (
+    DeepPromptMethod,
+    FullFineTuning,
+    PrefixTuning,
+    PromptMethod,
+    PromptPool,
+    PromptTuning,
+    PTuning,
+    PTuningV2,
+)
 
 __all__ = [
-    "DeepPromptMethod", "FullFineTuning", "PTuning", "PTuningV2", "PrefixTuning", "PromptDataModule", "PromptMethod", "PromptTuning",
+    "DeepPromptMethod",
+    "FullFineTuning",
+    "PTuning",
+    "PTuningV2",
+    "PrefixTuning",
+    "PromptDataModule",
+    "PromptMethod",
+    "PromptPool",
+    "PromptTuning",
     "load",
 ]
 __version__ = "0.1.0"

@@ -27,7 +27,9 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
-from transformers.models.t5.modeling_t5 import eager_attention_forward as eager_with_position_bias
+from transformers.models.t5.modeling_t5 import (
+    eager_attention_forward as eager_with_position_bias,
+)
 
 KERNEL_NAME = "lit_prompts_prefix"
 SUPPORTED_KERNELS = ("eager", "sdpa")
@@ -140,20 +142,21 @@ class PrefixInjector:
             module.lit_prompts_prefix = None if prefixes is None else prefixes[i]
 
     def project(self, layer: int, hidden: Tensor, num_kv_heads: int) -> tuple[Tensor, Tensor]:
-        """Keys and values ``[H_kv, P, d]`` of hidden-state prompts ``[P, H]`` under the layer's own
-        frozen projections (no position: rotary is not applied)."""
+        """Keys and values ``[H_kv, P, d]`` of hidden-state prompts ``[P, H]`` (``[B, H_kv, P, d]``
+        of per-example prompts ``[B, P, H]``) under the layer's own frozen projections (no
+        position: rotary is not applied)."""
         module = self.layers[layer][1]
         children = dict(module.named_children())
-        hidden = hidden.to(next(module.parameters()).dtype)  # fp32 prompts into a bf16 backbone
+        hidden = hidden.to(next(module.parameters()).dtype).contiguous()  # fp32 prompts into a bf16 backbone
         if "c_attn" in children:  # GPT-2: one fused projection to query, key and value
             _, key, value = children["c_attn"](hidden).split(module.split_size, dim=-1)
         else:
             k_name = next(k for k in _KEY_PROJECTIONS if k in children)
             key, value = children[k_name](hidden), children[_KEY_PROJECTIONS[k_name]](hidden)
-        key, value = (t.view(t.shape[0], num_kv_heads, -1) for t in (key, value))
+        key, value = (t.unflatten(-1, (num_kv_heads, -1)) for t in (key, value))
         if "k_norm" in children:  # per-head query/key norms (Qwen3, OLMo2)
             key = children["k_norm"](key)
-        return key.transpose(0, 1), value.transpose(0, 1)
+        return key.transpose(-3, -2), value.transpose(-3, -2)
 
 
 def _install(module: nn.Module, kernel: str) -> None:

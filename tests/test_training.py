@@ -116,3 +116,30 @@ def test_out_of_tree_subclass_by_import_path(tiny_backbone, reviews, tmp_path, m
     assert "scale" in trained_state(best)
     loaded = lit_prompts.load(best)
     assert type(loaded).__name__ == "ScaledPromptTuning" and loaded.hparams.start_scale == 2.0
+
+
+def test_training_modes_under_the_cli(tiny_backbone, reviews, tmp_path, monkeypatch):
+    """Lightning trains modules in the mode it finds them: the method must arrive in training mode,
+    with the backbone's dropout as configured and gradient checkpointing really running."""
+    import transformers.modeling_utils
+    from torch.utils.checkpoint import checkpoint
+
+    from lit_prompts.methods.base import PromptMethod
+
+    seen, checkpointed = [], []
+    step = PromptMethod.training_step
+
+    def recording_step(self, batch, batch_idx):
+        seen.append((self.training, self.backbone.training, self.head.training))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PromptMethod, "training_step", recording_step)
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", lambda *a, **k: checkpointed.append(1) or checkpoint(*a, **k))
+    for dropout in (False, True):
+        seen.clear(), checkpointed.clear()
+        args = prompt_args(tiny_backbone("bert"), reviews, "--trainer.max_epochs=2", f"--model.backbone_dropout={dropout}",
+                           "--model.gradient_checkpointing=true")
+        run_cli("fit", *args, root=tmp_path / str(dropout))
+        # Every step of both epochs (the second comes after a validation pass, which must restore the modes).
+        assert seen == [(True, dropout, True)] * 8
+        assert len(checkpointed) == 8 * 2  # two BERT layers per step

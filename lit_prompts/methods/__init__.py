@@ -6,6 +6,7 @@ from .full_finetuning import FullFineTuning
 from .p_tuning import PTuning
 from .p_tuning_v2 import PTuningV2
 from .prefix_tuning import PrefixTuning
+from .prompt_pool import PromptPool
 from .prompt_tuning import PromptTuning
 
-__all__ = ["DeepPromptMethod", "FullFineTuning", "PTuning", "PTuningV2", "PrefixTuning", "PromptMethod", "PromptTuning"]
+__all__ = ["DeepPromptMethod", "FullFineTuning", "PTuning", "PTuningV2", "PrefixTuning", "PromptMethod", "PromptPool", "PromptTuning"]

@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, get_scheduler
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..backbone import ArchitectureFacts, backbone_fingerprint, load_backbone, resolve_path
+from ..backbone import (
+    ArchitectureFacts,
+    backbone_fingerprint,
+    load_backbone,
+    resolve_path,
+)
 from ..tasks import get_task
 from .checkpointing import PromptCheckpointing
 from .scoring import pool_hidden, sequence_logprobs
@@ -104,7 +109,8 @@ class PromptMethod(PromptCheckpointing, LightningModule):
             if not self.backbone.supports_gradient_checkpointing:
                 raise ValueError(f"model.init_args.gradient_checkpointing: {type(self.backbone).__name__} does not support it")
             self.backbone.activation_checkpointing_enable()  # non-reentrant: prompts need no input grads
-        self.train(False)  # sets the backbone's mode; Lightning trains modules in the mode they are found
+        # Lightning trains every module in the mode it finds it in (it never calls train()): set the
+        # training modes now, on the whole module, through train() below.
         self.facts = ArchitectureFacts.from_config(self.backbone.config)
         self.fingerprint = backbone_fingerprint(backbone, self.backbone)
         self.optimizer_factory = optimizer
@@ -116,6 +122,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         metrics = self.task.metrics(label_names)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.train()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -244,7 +251,13 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         return self.sequence_scores(batch["candidates"], "sum").view(len(batch["ids"]), -1)
 
     def training_loss(self, batch: dict) -> Tensor:
-        return self.task.loss(self, batch)
+        loss = self.task.loss(self, batch)
+        extra = self.auxiliary_loss()
+        return loss if extra is None else loss + extra
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """A method's own loss term from the last forward (e.g. a prompt pool's key-pull loss)."""
+        return None
 
     # --- Lightning steps ----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

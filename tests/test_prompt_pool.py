@@ -1,0 +1,111 @@
+"""Prompt pools: selection per example, the key-pull loss, soft attention, the selection histogram,
+parameter counts, and the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from conftest import data_files_arg, run_cli
+
+import lit_prompts
+from lit_prompts import PromptPool
+
+K, P = 4, 2
+
+
+def make_pool(tiny_backbone, arch="bert", **kwargs):
+    torch.manual_seed(0)
+    kwargs = {"pool_size": K, "prompt_length": P, "label_names": ["negative", "positive"], **kwargs}
+    return PromptPool(backbone=tiny_backbone(arch), **kwargs).eval()
+
+
+def two_texts(model):
+    ids = torch.tensor([[2, 400, 401, 402, 3], [2, 300, 301, 302, 3]])
+    mask = torch.ones_like(ids)
+    return model.backbone.get_input_embeddings()(ids), mask
+
+
+@torch.no_grad()
+def test_each_example_gets_its_own_prompts(tiny_backbone):
+    model = make_pool(tiny_backbone, top_k=1)
+    embeds, mask = two_texts(model)
+    query = model.queries(embeds, mask)
+    model.keys[:2] = query  # entry 0 matches example 0, entry 1 example 1
+    model.keys[2:] = -query
+    prompt = model.input_prompt(embeds, mask)
+    assert prompt.shape == (2, P, model.facts.hidden_size)
+    assert torch.equal(prompt[0], model.pool[0]) and torch.equal(prompt[1], model.pool[1])
+
+    # Deep placement: per-example key/value prefixes in every layer, N·P positions long.
+    deep = make_pool(tiny_backbone, placement="layers", top_k=2)
+    assert deep.input_prompt(embeds, mask) is None
+    key, value = deep.injector.layers[0][1].lit_prompts_prefix
+    assert key.shape == value.shape == (2, deep.facts.num_key_value_heads, 2 * P, deep.facts.head_dim)
+
+
+def test_key_pull_loss_draws_selected_keys_to_their_queries(tiny_backbone):
+    model = make_pool(tiny_backbone, top_k=2, key_pull_weight=1.0)
+    embeds, mask = two_texts(model)
+    query = model.queries(embeds, mask)
+
+    def chosen_similarity():
+        sim = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(model.keys, dim=-1).T
+        return sim.topk(2, dim=-1).values.mean()
+
+    before = chosen_similarity().item()
+    optimizer = torch.optim.SGD([model.keys], lr=1.0)
+    for _ in range(5):
+        model.input_prompt(embeds, mask)
+        optimizer.zero_grad()
+        model.auxiliary_loss().backward()
+        optimizer.step()
+    assert chosen_similarity().item() > before + 0.05
+
+
+@torch.no_grad()
+def test_soft_selection_weights_sum_to_one(tiny_backbone):
+    model = make_pool(tiny_backbone, selection="soft", temperature=0.5)
+    embeds, mask = two_texts(model)
+    prompt, weights = model.select(model.queries(embeds, mask))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    torch.testing.assert_close(prompt, torch.einsum("bk,kph->bph", weights, model.pool))
+    assert model.auxiliary_loss() is None  # keys learn through the weights
+
+
+@pytest.mark.parametrize("placement,query", [("input", "backbone"), ("input", "encoder"), ("layers", "backbone")])
+def test_parameter_counts(placement, query, tiny_backbone):
+    model = make_pool(tiny_backbone, placement=placement, query=query)
+    H, L = model.facts.hidden_size, model.facts.num_layers
+    expected = {"pool": K * (L if placement == "layers" else 1) * P * H, "keys": K * H, "head.1.weight": 2 * H, "head.1.bias": 2}
+    if query == "encoder":
+        expected |= {"query_encoder.weight": H * H, "query_encoder.bias": H}
+    assert {n: p.numel() for n, p in model.named_parameters() if p.requires_grad} == expected
+
+
+@pytest.mark.parametrize("arch,fmt,extra", [
+    ("bert", "head", ["--model.placement=input"]),
+    ("gpt2", "text_to_text", ["--model.placement=layers", "--model.query=encoder"]),
+    ("t5", "text_to_text", ["--model.placement=layers", "--model.selection=soft"]),
+    ("llama", "head", ["--model.selection=soft"]),
+])
+def test_pool_through_the_cli_logs_its_selection_histogram(arch, fmt, extra, tiny_backbone, reviews, tmp_path):
+    args = ["--model=PromptPool", f"--model.backbone={tiny_backbone(arch)}", f"--model.pool_size={K}",
+            f"--model.prompt_length={P}", f"--data.task_format={fmt}", "--data.batch_size=8", "--data.id_column=id", *extra]
+    if fmt == "text_to_text":
+        args.append("--data.template=review : {text} sentiment :")
+    cli = run_cli("fit", *args, data_files_arg(reviews), "--trainer.max_epochs=2", root=tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    epochs = [r for r in rows if r.get("pool/entries_used")]
+    assert len(epochs) == 2  # one histogram per epoch
+    for row in epochs:
+        shares = [float(row[f"pool/selected_{k}"]) for k in range(K)]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    output = tmp_path / "predictions.jsonl"
+    files = {**reviews, "test": reviews["unlabelled"]}
+    run_cli("predict", *args, data_files_arg(files), f"--ckpt_path={cli.trainer.checkpoint_callback.best_model_path}",
+            f"--predictions.output={output}", root=tmp_path)
+    assert len(output.read_text().splitlines()) == 8
+    exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt")
+    assert torch.equal(exported.keys, lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).keys)
