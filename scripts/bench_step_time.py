@@ -149,12 +149,7 @@ def build(args, device):
     batches = make_batches(args)
     torch.manual_seed(args.seed)
     if args.variant.startswith("peft"):
-        from peft import (
-            PrefixTuningConfig,
-            PromptTuningConfig,
-            TaskType,
-            get_peft_model,
-        )
+        from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
         from transformers import AutoModelForSequenceClassification
 
         from lit_prompts.backbone import DTYPES, resolve_path

@@ -12,14 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbone import TASK_FORMATS, ArchitectureFacts, load_config, resolve_path
 from ..tasks import get_task
-from .classification import (
-    PAIR_TEMPLATES,
-    ClassificationEncoder,
-    label_ids,
-    resolve_label_names,
-    texts,
-    warn_truncated,
-)
+from .classification import PAIR_TEMPLATES, ClassificationEncoder, label_ids, resolve_label_names, texts, warn_truncated
 from .collate import Collator, EpochShuffleSampler, ListDataset
 from .ner import NerEncoder, read_tagged, resolve_tag_names
 from .qa import SPAN_LABELS, QaCollator, QaEncoder, read_questions

@@ -80,9 +80,7 @@ def _read_files(split: str, paths: str | list[str]) -> RawSplit:
     if next(iter(suffixes)) in CONLL_SUFFIXES:
         return RawSplit(read_conll(resolved, paths), ", ".join(paths))
     if next(iter(suffixes)) == ".json":
-        from .qa import (
-            read_squad_json,  # SQuAD's nested layout; other json goes to `datasets`
-        )
+        from .qa import read_squad_json  # SQuAD's nested layout; other json goes to `datasets`
 
         squad = read_squad_json(resolved)
         if squad is not None:
