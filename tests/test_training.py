@@ -143,3 +143,18 @@ def test_training_modes_under_the_cli(tiny_backbone, reviews, tmp_path, monkeypa
         # Every step of both epochs (the second comes after a validation pass, which must restore the modes).
         assert seen == [(True, dropout, True)] * 8
         assert len(checkpointed) == 8 * 2  # two BERT layers per step
+
+
+def test_full_finetuning_trains_every_weight(tiny_backbone, reviews, tmp_path):
+    args = prompt_args(tiny_backbone("bert"), reviews, "--trainer.max_epochs=1", "--model.optimizer=AdamW",
+                       "--model.optimizer.lr=0.001")
+    args[0] = "--model=FullFineTuning"
+    args.remove("--model.num_virtual_tokens=3")
+    cli = run_cli("fit", *args, root=tmp_path)
+    model = cli.model
+    assert all(p.requires_grad for p in model.parameters())
+    fresh = load_backbone(tiny_backbone("bert"), "head").state_dict()
+    trained = model.backbone.state_dict()
+    assert not torch.equal(trained["encoder.layer.0.attention.self.query.weight"], fresh["encoder.layer.0.attention.self.query.weight"])
+    state = trained_state(cli.trainer.checkpoint_callback.best_model_path)
+    assert set(state) == {f"backbone.{k}" for k in fresh} | {"head.1.weight", "head.1.bias"}
