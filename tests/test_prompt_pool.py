@@ -109,3 +109,17 @@ def test_pool_through_the_cli_logs_its_selection_histogram(arch, fmt, extra, tin
     assert len(output.read_text().splitlines()) == 8
     exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt")
     assert torch.equal(exported.keys, lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).keys)
+
+
+def test_pool_under_ddp_two_processes(tiny_backbone, reviews, tmp_path):
+    """Unselected entries still get (zero) gradients and keys always take part, so DDP's default
+    strategy never meets an unused parameter; the histogram sums both processes' selections."""
+    args = ["--model=PromptPool", f"--model.backbone={tiny_backbone('gpt2')}", f"--model.pool_size={K}",
+            f"--model.prompt_length={P}", "--model.placement=layers", "--data.batch_size=8",
+            data_files_arg(reviews, ("train", "validation")), "--trainer.max_epochs=1",
+            "--trainer.strategy=ddp_spawn", "--trainer.devices=2"]
+    cli = run_cli("fit", *args, root=tmp_path)
+    assert cli.trainer.world_size == 2
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    shares = [float(r[f"pool/selected_{k}"]) for r in rows if r.get("pool/entries_used") for k in range(K)]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
