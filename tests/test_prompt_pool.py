@@ -4,6 +4,7 @@ parameter counts, and the CLI end to end."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -123,3 +124,14 @@ def test_pool_under_ddp_two_processes(tiny_backbone, reviews, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
     shares = [float(r[f"pool/selected_{k}"]) for r in rows if r.get("pool/entries_used") for k in range(K)]
     assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("task,fmt,arch,placement", [("ner", "token", "bert", "input"), ("qa", "span", "gpt2", "layers")])
+def test_pool_on_token_and_span_tasks(task, fmt, arch, placement, tiny_backbone, ner_files, squad_files, tmp_path):
+    files = {"train": ner_files["train"], "validation": ner_files["validation"]} if task == "ner" else squad_files
+    args = ["--model=PromptPool", f"--model.backbone={tiny_backbone(arch)}", f"--model.pool_size={K}",
+            f"--model.prompt_length={P}", f"--model.placement={placement}", f"--data.task={task}",
+            f"--data.task_format={fmt}", "--data.batch_size=8", "--data.max_length=48", "--data.stride=16",
+            f"--data.data_files={json.dumps(files)}", "--trainer.max_epochs=1"]
+    cli = run_cli("fit", *args, root=tmp_path)
+    assert {"val/f1"} <= set(cli.trainer.callback_metrics)
