@@ -1,0 +1,170 @@
+"""Several tasks in one run: a DataModule composed of one ``PromptDataModule`` per named task.
+
+Training batches hold one task each (its own format and collator) and carry ``batch["task"]``;
+which task comes next follows the sampling strategy:
+
+  proportional  every batch of every task once per epoch, in a random order: tasks appear in
+                proportion to their size
+  temperature   each step draws a task with probability ∝ n_t^(1/T) (T = 1: proportional; large T:
+                uniform), so small tasks are seen more often than their size says
+  round_robin   tasks in turn, one batch each
+
+Validation and test give one loader per task (Lightning's ``dataloader_idx`` is the task's index).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .datamodule import PromptDataModule
+
+SAMPLING = ("proportional", "temperature", "round_robin")
+
+
+class TaskBatches(Dataset):
+    """Item (task, example indices) is one whole batch of that task, collated by its own collator."""
+
+    def __init__(self, modules: dict[str, PromptDataModule]):
+        self.modules = modules
+        self.collators = {name: m._collator(with_candidates=False) for name, m in modules.items()}
+
+    def __getitem__(self, item: tuple[str, list[int]]) -> dict:
+        task, indices = item
+        features = self.modules[task].datasets["train"]
+        batch = self.collators[task]([features[j] for j in indices])
+        batch["task"] = task
+        return batch
+
+
+class PlanSampler(Sampler):
+    """Yields an epoch's (task, indices) batches; Lightning calls ``set_epoch`` before each epoch,
+    so every epoch has its own order, drawn from (seed, epoch) alone (a resumed run replays it)."""
+
+    def __init__(self, sizes: dict[str, int], batch_size: int, sampling: str, temperature: float, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.args = (sizes, batch_size, sampling, temperature)
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[tuple[str, list[int]]]:
+        return epoch_plan(*self.args, seed=self.seed + self.epoch, rank=self.rank, world_size=self.world_size)
+
+    def __iter__(self):
+        return iter(self.plan())
+
+    def __len__(self) -> int:
+        return len(self.plan())
+
+
+def epoch_plan(sizes: dict[str, int], batch_size: int, sampling: str, temperature: float, seed: int,
+               rank: int = 0, world_size: int = 1) -> list[tuple[str, list[int]]]:
+    """The epoch's batches in order, (task, indices); a rank takes every world_size-th batch, so the
+    processes of a DDP run see disjoint batches and the same number of steps."""
+    rng = random.Random(seed)
+    batches = {}
+    for task, n in sizes.items():
+        order = list(range(n))
+        rng.shuffle(order)
+        batches[task] = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    total = sum(len(b) for b in batches.values())
+    tasks = list(batches)
+    if sampling == "proportional":
+        plan = [(t, b) for t in tasks for b in batches[t]]
+        rng.shuffle(plan)
+    else:
+        cursor = {t: 0 for t in tasks}
+        weights = [sizes[t] ** (1 / temperature) for t in tasks]
+        plan = []
+        for step in range(total):
+            task = tasks[step % len(tasks)] if sampling == "round_robin" else rng.choices(tasks, weights)[0]
+            plan.append((task, batches[task][cursor[task] % len(batches[task])]))  # small tasks cycle
+            cursor[task] += 1
+    usable = len(plan) - len(plan) % world_size
+    return plan[rank:usable:world_size]
+
+
+class MultiTaskDataModule(LightningDataModule):
+    """One data module per named task, each configured like ``PromptDataModule``.
+
+    Args:
+        tasks: task name -> ``PromptDataModule`` arguments (task, task_format, data_files, columns...).
+        backbone: shared by every task (linked from the model).
+        sampling: ``proportional``, ``temperature`` or ``round_robin`` (see the module docstring).
+        temperature: T of temperature sampling.
+        batch_size: training batch size (per device), the same for every task.
+        eval_batch_size: validation / test / predict batch size (default: batch_size).
+    """
+
+    def __init__(self, tasks: dict[str, dict], backbone: str = "", sampling: str = "proportional",
+                 temperature: float = 2.0, batch_size: int = 32, eval_batch_size: int | None = None):
+        super().__init__()
+        if not tasks:
+            raise ValueError("data.init_args.tasks is empty: name at least one task")
+        if sampling not in SAMPLING:
+            raise ValueError(f"data.init_args.sampling={sampling!r} is not one of {SAMPLING}")
+        if temperature <= 0:
+            raise ValueError(f"data.init_args.temperature must be > 0, got {temperature}")
+        self.save_hyperparameters(logger=False)
+        self.modules = {}
+        for name, spec in tasks.items():
+            clashes = {"backbone", "batch_size", "eval_batch_size"} & set(spec)
+            if clashes:
+                raise ValueError(f"data.init_args.tasks.{name}: {sorted(clashes)} are set once for all tasks")
+            self.modules[name] = PromptDataModule(backbone=backbone, batch_size=batch_size,
+                                                  eval_batch_size=eval_batch_size, **spec)
+        self.task_names = list(self.modules)
+
+    @property
+    def task_specs(self) -> dict[str, dict]:
+        """What the model needs per task: its kind, format, labels and verbalizer ids."""
+        return {
+            name: {"task": m.hparams.task, "task_format": m.hparams.task_format, "label_names": m.label_names,
+                   "verbalizer_token_ids": m.verbalizer_token_ids}
+            for name, m in self.modules.items()
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        for module in self.modules.values():
+            module.setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sizes = {name: len(m.datasets["train"]) for name, m in self.modules.items()}
+        sampler = PlanSampler(sizes, self.hparams.batch_size, self.hparams.sampling, self.hparams.temperature,
+                              seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), rank=rank, world_size=world)
+        return DataLoader(TaskBatches(self.modules), sampler=sampler, batch_size=None)
+
+    def _per_task(self, stage: str, method: str) -> list[DataLoader]:
+        loaders = []
+        for name, module in self.modules.items():
+            if stage not in module.datasets:
+                continue
+            loader = getattr(module, method)()
+            loader.collate_fn = _tagging(loader.collate_fn, name)
+            loaders.append(loader)
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._per_task("validation", "val_dataloader")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._per_task("test", "test_dataloader")
+
+
+class _tagging:
+    """A collate function that also names the batch's task (picklable, for worker processes)."""
+
+    def __init__(self, collate, task: str):
+        self.collate, self.task = collate, task
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        batch["task"] = self.task
+        return batch
