@@ -21,6 +21,17 @@ class BestCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
 
+class LatestCheckpoint(ModelCheckpoint):
+    """The latest training state (``last.ckpt``): saved like any checkpoint after validation and at
+    epoch ends, and also when fit stops between them (``max_steps`` in mid-epoch), which plain
+    ``ModelCheckpoint`` skips, so that a run always resumes from where it ended."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class ExportPrompt(Callback):
     """At the end of fit, export the best checkpoint's prompt (else the last state) as safetensors.
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .callbacks import BestCheckpoint, ExportPrompt, PredictionWriter
+from .callbacks import BestCheckpoint, ExportPrompt, LatestCheckpoint, PredictionWriter
 from .data import PromptDataModule
 from .methods import PromptMethod
 
@@ -56,7 +55,7 @@ class LitPromptsCLI(LightningCLI):
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         # Lightning's save_last only copies the checkpoint saved last, which stops updating when
         # the monitored metric stops improving; resuming needs the latest state, always.
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LatestCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "data": {"class_path": f"{PromptDataModule.__module__}.{PromptDataModule.__qualname__}"},

@@ -158,3 +158,12 @@ def test_full_finetuning_trains_every_weight(tiny_backbone, reviews, tmp_path):
     assert not torch.equal(trained["encoder.layer.0.attention.self.query.weight"], fresh["encoder.layer.0.attention.self.query.weight"])
     state = trained_state(cli.trainer.checkpoint_callback.best_model_path)
     assert set(state) == {f"backbone.{k}" for k in fresh} | {"head.1.weight", "head.1.bias"}
+
+
+def test_last_checkpoint_holds_the_final_step_when_fit_stops_mid_epoch(tiny_backbone, reviews, tmp_path):
+    # 32 examples in batches of 8: 4 steps per epoch, validation at each epoch end; max_steps=6
+    # stops 2 steps into the second epoch, between validations.
+    args = prompt_args(tiny_backbone("bert"), reviews, "--trainer.max_steps=6", "--trainer.max_epochs=-1")
+    run_cli("fit", *args, root=tmp_path)
+    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 6
