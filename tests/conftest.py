@@ -29,6 +29,17 @@ FORMATS = {
     "llama": ("head", "text_to_text"),
     "t5": ("head", "text_to_text"),
 }
+INPUT_AND_DEEP_METHODS = ("PromptTuning", "PTuning", "PrefixTuning", "PTuningV2")
+
+
+def task_cases(own_format: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(method, arch, format) for every method and architecture: the task's own format everywhere,
+    plus text_to_text where the architecture generates; and their test ids."""
+    cases = [(m, arch, fmt) for m in INPUT_AND_DEEP_METHODS for arch, formats in FORMATS.items()
+             for fmt in (own_format, "text_to_text") if fmt == own_format or fmt in formats]
+    return cases, [f"{m}-{a}-{f}" for m, a, f in cases]
+
+
 FAST_TRAINER = [
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",

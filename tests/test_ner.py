@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from conftest import FORMATS, ner_sentences, run_cli, write_conll, write_jsonl
+from conftest import ner_sentences, run_cli, task_cases, write_conll, write_jsonl
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 
@@ -107,11 +107,10 @@ def test_input_prompt_positions_are_removed_and_labels_stay_aligned(tiny_backbon
     assert [(row != -100).sum().item() for row in batch["labels"]] == [len(t) for t in batch["tokens"]]
 
 
-NER_FORMATS = {arch: ("token", "text_to_text") if "text_to_text" in formats else ("token",) for arch, formats in FORMATS.items()}
-CASES = [(m, a, f) for m in ("PromptTuning", "PTuning", "PrefixTuning", "PTuningV2") for a, fs in NER_FORMATS.items() for f in fs]
+CASES, CASE_IDS = task_cases("token")
 
 
-@pytest.mark.parametrize("method,arch,fmt", CASES, ids=[f"{m}-{a}-{f}" for m, a, f in CASES])
+@pytest.mark.parametrize("method,arch,fmt", CASES, ids=CASE_IDS)
 def test_ner_fit_and_predict_entities(method, arch, fmt, tiny_backbone, ner_files, tmp_path):
     args = [
         f"--model={method}", f"--model.backbone={tiny_backbone(arch)}", "--model.num_virtual_tokens=2",

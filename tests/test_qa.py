@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FORMATS, run_cli
+from conftest import run_cli, task_cases
 from torchmetrics.text import SQuAD
 
 import lit_prompts
@@ -95,11 +95,10 @@ def test_answer_not_at_its_start_is_named(tiny_backbone, tmp_path):
         qa_data(tiny_backbone, "bert", {"train": str(path)})
 
 
-QA_FORMATS = {arch: ("span", "text_to_text") if "text_to_text" in formats else ("span",) for arch, formats in FORMATS.items()}
-CASES = [(m, a, f) for m in ("PromptTuning", "PTuning", "PrefixTuning", "PTuningV2") for a, fs in QA_FORMATS.items() for f in fs]
+CASES, CASE_IDS = task_cases("span")
 
 
-@pytest.mark.parametrize("method,arch,fmt", CASES, ids=[f"{m}-{a}-{f}" for m, a, f in CASES])
+@pytest.mark.parametrize("method,arch,fmt", CASES, ids=CASE_IDS)
 def test_qa_fit_and_predict_answers(method, arch, fmt, tiny_backbone, squad_files, tmp_path):
     args = [
         f"--model={method}", f"--model.backbone={tiny_backbone(arch)}", "--model.num_virtual_tokens=2",

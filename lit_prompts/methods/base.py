@@ -168,6 +168,14 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     def install_layer_prompts(self) -> None:
         """Put per-layer prompts in place before a backbone call (deep-prompt methods)."""
 
+    def vocab_embeddings(self, shape: tuple[int, ...]) -> Tensor:
+        """Input embeddings (fp32) of random vocabulary tokens, ``[*shape, H]``: prompt vectors of
+        the scale the backbone's inputs have. The first ids, which hold padding and special tokens in
+        most vocabularies, are skipped."""
+        table = self.backbone.get_input_embeddings().weight.detach().float()
+        low = min(1000, table.shape[0] // 2)
+        return table[torch.randint(low, table.shape[0], shape)].clone()
+
     # --- forward ----------------------------------------------------------------------------------
     def embed_inputs(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
@@ -208,12 +216,17 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     def num_prompt_tokens(self, inputs: dict, input_ids: Tensor) -> int:
         return inputs["inputs_embeds"].shape[1] - input_ids.shape[1]
 
-    def class_logits(self, batch: dict) -> Tensor:
-        """[batch, num_labels] scores for head and cloze formats."""
+    def prompted_inputs(self, batch: dict) -> tuple[dict, int]:
+        """Backbone keyword arguments of a batch with the prompt in place, and how many positions a
+        prepended prompt added in front."""
         inputs = self.embed_inputs(
             batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), batch.get("virtual_index")
         )
-        shift = self.num_prompt_tokens(inputs, batch["input_ids"])
+        return inputs, self.num_prompt_tokens(inputs, batch["input_ids"])
+
+    def class_logits(self, batch: dict) -> Tensor:
+        """[batch, num_labels] scores for head and cloze formats."""
+        inputs, shift = self.prompted_inputs(batch)
         if self.hparams.task_format == "head":
             hidden = self.backbone(**inputs).last_hidden_state
             real = inputs["attention_mask"].clone()
@@ -225,8 +238,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     def token_logits(self, batch: dict) -> Tensor:
         """[batch, seq, num_labels] scores of every input token (virtual positions removed)."""
-        inputs = self.embed_inputs(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        shift = self.num_prompt_tokens(inputs, batch["input_ids"])
+        inputs, shift = self.prompted_inputs(batch)
         hidden = self.backbone(**inputs).last_hidden_state[:, shift:]
         return self.head(hidden).float()
 
@@ -251,7 +263,10 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         return self.sequence_scores(batch["candidates"], "sum").view(len(batch["ids"]), -1)
 
     def training_loss(self, batch: dict) -> Tensor:
-        loss = self.task.loss(self, batch)
+        if self.hparams.task_format == "text_to_text":  # every task: the target text's mean token loss
+            loss = -self.sequence_scores(batch, "token_mean")
+        else:
+            loss = self.task.loss(self, batch)
         extra = self.auxiliary_loss()
         return loss if extra is None else loss + extra
 

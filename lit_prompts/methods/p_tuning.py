@@ -58,11 +58,7 @@ class PTuning(PromptMethod):
             raise ValueError(f"model.init_args.encoder={encoder!r} is not one of {ENCODERS}")
         self.input_prompt_length = num_virtual_tokens
         self.template_prompt_length = num_virtual_tokens
-        # Embeddings of random vocabulary tokens: the scale the backbone's inputs have.
-        table = self.backbone.get_input_embeddings().weight.detach().float()
-        low = min(1000, table.shape[0] // 2)
-        ids = torch.randint(low, table.shape[0], (num_virtual_tokens,))
-        self.prompt_embedding = nn.Parameter(table[ids].clone())
+        self.prompt_embedding = nn.Parameter(self.vocab_embeddings((num_virtual_tokens,)))
         hidden = self.facts.hidden_size
         self.encoder = None if encoder == "none" else PromptEncoder(encoder, hidden, encoder_hidden_size or hidden)
 

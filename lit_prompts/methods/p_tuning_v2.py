@@ -8,7 +8,6 @@ span-level heads see exactly the input's tokens.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .deep import DeepPromptMethod, ReparameterizedPrompt
@@ -40,11 +39,7 @@ class PTuningV2(DeepPromptMethod):
         if reparameterize:
             self.reparam = ReparameterizedPrompt(num_virtual_tokens, hidden, reparam_hidden_size, layers * hidden)
         else:
-            # Embeddings of random vocabulary tokens: hidden states of a realistic scale.
-            table = self.backbone.get_input_embeddings().weight.detach().float()
-            low = min(1000, table.shape[0] // 2)
-            ids = torch.randint(low, table.shape[0], (layers, num_virtual_tokens))
-            self.deep_prompts = nn.Parameter(table[ids].clone())
+            self.deep_prompts = nn.Parameter(self.vocab_embeddings((layers, num_virtual_tokens)))
         self.prompt_dropout = nn.Dropout(prompt_dropout)
 
     def hidden_prompts(self) -> Tensor:

@@ -38,12 +38,10 @@ class PrefixTuning(DeepPromptMethod):
     def _initial_prefix(self) -> Tensor:
         # Keys and values of random vocabulary tokens under each layer's own projections: the scale
         # the layer's attention expects, rather than an arbitrary one.
-        table = self.backbone.get_input_embeddings().weight.detach()
-        low = min(1000, table.shape[0] // 2)  # past the special tokens of most vocabularies
         with torch.no_grad():
             layers = []
             for layer in range(self.num_layers):
-                tokens = table[torch.randint(low, table.shape[0], (self.hparams.num_virtual_tokens,))]
+                tokens = self.vocab_embeddings((self.hparams.num_virtual_tokens,))
                 layers.append(torch.stack(self.injector.project(layer, tokens, self.facts.num_key_value_heads)))
         return torch.stack(layers).float()
 

@@ -60,10 +60,7 @@ class PromptPool(PromptMethod):
         self.selected_length = prompt_length * (top_k if selection == "hard" else 1)
         self.injector = PrefixInjector(self.backbone) if placement == "layers" else None
         layers = () if self.injector is None else (len(self.injector),)
-        # Embeddings of random vocabulary tokens: prompts of the scale the backbone's inputs have.
-        table = self.backbone.get_input_embeddings().weight.detach().float()
-        low = min(1000, table.shape[0] // 2)
-        self.pool = nn.Parameter(table[torch.randint(low, table.shape[0], (pool_size, *layers, prompt_length))].clone())
+        self.pool = nn.Parameter(self.vocab_embeddings((pool_size, *layers, prompt_length)))
         self.keys = nn.Parameter(torch.empty(pool_size, hidden).uniform_(-1, 1))
         self.query_encoder = nn.Linear(hidden, hidden) if query == "encoder" else None
         if placement == "input":

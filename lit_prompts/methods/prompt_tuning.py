@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoTokenizer
 
-from ..backbone import resolve_path
 from .base import PromptMethod
 
 INIT_STRATEGIES = ("random", "vocab", "text", "labels")
@@ -45,10 +43,8 @@ class PromptTuning(PromptMethod):
         if init == "random":
             return torch.randn(length, table.shape[1]) * table.std()
         if init == "vocab":
-            # Skip the first ids, which hold padding and special tokens in most vocabularies.
-            low = min(1000, table.shape[0] // 2)
-            return table[torch.randint(low, table.shape[0], (length,))].clone()
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.hparams.backbone))
+            return self.vocab_embeddings((length,))
+        tokenizer = self.tokenizer
         text = init_text if init == "text" else " ".join(self.hparams.label_names)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if not ids:

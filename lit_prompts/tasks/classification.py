@@ -20,8 +20,7 @@ class ClassificationTask:
         })
 
     def loss(self, method, batch: dict) -> Tensor:
-        if method.hparams.task_format == "text_to_text":
-            return -method.sequence_scores(batch, "token_mean")
+        """Head and cloze formats (text-to-text is the method's language-modelling loss)."""
         return F.cross_entropy(method.class_logits(batch), batch["label"])
 
     def update(self, method, batch: dict, metrics: MetricCollection) -> None:

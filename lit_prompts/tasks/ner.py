@@ -20,8 +20,7 @@ class NerTask:
         return MetricCollection({"entity": EntityF1()})
 
     def loss(self, method, batch: dict) -> Tensor:
-        if method.hparams.task_format == "text_to_text":
-            return -method.sequence_scores(batch, "token_mean")
+        """Token format (text-to-text is the method's language-modelling loss)."""
         logits = method.token_logits(batch)
         return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
 

@@ -24,8 +24,7 @@ class QaTask:
         return logits[..., 0], logits[..., 1]
 
     def loss(self, method, batch: dict) -> Tensor:
-        if method.hparams.task_format == "text_to_text":
-            return -method.sequence_scores(batch, "token_mean")
+        """Span format (text-to-text is the method's language-modelling loss)."""
         start, end = self.span_logits(method, batch)
         return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
 
