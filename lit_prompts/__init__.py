@@ -1,10 +1,12 @@
 """lit_prompts: soft-prompt training over frozen Hugging Face transformers, with PyTorch Lightning."""
 
-from .data import PromptDataModule
+from .data import MultiTaskDataModule, PromptDataModule
+from .library import PromptLibrary
 from .loading import load
 from .methods import (
     DeepPromptMethod,
     FullFineTuning,
+    MultiTaskPromptTuning,
     PrefixTuning,
     PromptMethod,
     PromptPool,
@@ -16,10 +18,13 @@ from .methods import (
 __all__ = [
     "DeepPromptMethod",
     "FullFineTuning",
+    "MultiTaskDataModule",
+    "MultiTaskPromptTuning",
     "PTuning",
     "PTuningV2",
     "PrefixTuning",
     "PromptDataModule",
+    "PromptLibrary",
     "PromptMethod",
     "PromptPool",
     "PromptTuning",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,20 @@ def load_config(name: str) -> PretrainedConfig:
     return AutoConfig.from_pretrained(resolve_path(name))
 
 
+_SHARED: ContextVar[dict | None] = ContextVar("lit_prompts_shared_backbones", default=None)
+
+
+@contextmanager
+def shared_backbones():
+    """Inside the block, methods built together get one backbone object per (model, form, dtype,
+    attention kernel) instead of a copy each: several trained prompts served on one frozen model."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def load_backbone(
     name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None
 ) -> PreTrainedModel:
@@ -140,8 +156,14 @@ def load_backbone(
         kwargs["add_pooling_layer"] = False
     if attn_implementation:  # default: transformers' choice, SDPA wherever the architecture has it
         kwargs["attn_implementation"] = attn_implementation
+    shared = _SHARED.get()
+    key = (str(Path(path).resolve()) if Path(path).exists() else path, auto.__name__, dtype, attn_implementation)
+    if shared is not None and key in shared:
+        return shared[key]
     model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
     model.requires_grad_(False)
+    if shared is not None:
+        shared[key] = model
     return model
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import BestCheckpoint, ExportPrompt, LatestCheckpoint, PredictionWriter
 from .data import PromptDataModule
+from .loading import import_class
 from .methods import PromptMethod
+
+DDP_FINDING_UNUSED = {name: f"{name}_find_unused_parameters_true" for name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")}
 
 
 class LitPromptsCLI(LightningCLI):
@@ -17,6 +21,9 @@ class LitPromptsCLI(LightningCLI):
     - ``model.init_args.backbone`` is copied to the data module (same tokenizer as the model);
     - ``data.init_args.task`` and ``task_format`` are copied to the model;
     - the data module's label names (and cloze verbalizer ids) go to the model at instantiation;
+      a ``MultiTaskDataModule`` gives each task's (``task_specs``) to ``MultiTaskPromptTuning``;
+    - methods with per-task tensors get DDP's unused-parameter detection (``strategy: ddp`` becomes
+      ``ddp_find_unused_parameters_true``): a batch of one task leaves the others' tensors unused;
     - the best checkpoint on the monitored metric, ``last.ckpt`` with the latest state (to resume),
       export of the best prompt, and a JSONL prediction writer.
     """
@@ -25,8 +32,8 @@ class LitPromptsCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": True})
         super().__init__(
-            PromptMethod,
-            PromptDataModule,
+            LightningModule,  # a PromptMethod, or PromptLibrary to serve exported prompts together
+            LightningDataModule,  # PromptDataModule (the default) or MultiTaskDataModule
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # the method's own `optimizer` sees trainable tensors only
@@ -46,12 +53,20 @@ class LitPromptsCLI(LightningCLI):
             if value is not None:
                 self.config[sub][key] = value
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model_class = import_class(config.model.class_path)
+        strategy = config.trainer.strategy
+        if getattr(model_class, "uses_parameters_per_task", False) and strategy in DDP_FINDING_UNUSED:
+            config.trainer.strategy = DDP_FINDING_UNUSED[strategy]
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
         parser.link_arguments("data.init_args.task", "model.init_args.task")
         parser.link_arguments("data.init_args.task_format", "model.init_args.task_format")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.verbalizer_token_ids", "model.init_args.verbalizer_token_ids", apply_on="instantiate")
+        parser.link_arguments("data.task_specs", "model.init_args.task_specs", apply_on="instantiate")
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         # Lightning's save_last only copies the checkpoint saved last, which stops updating when
         # the monitored metric stops improving; resuming needs the latest state, always.

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from .methods.checkpointing import PROMPT_FILE, SETTINGS_FILE
 
 
-def _import(class_path: str) -> type:
+def import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -24,7 +24,7 @@ def load(path: str | Path, map_location: str = "cpu", **overrides):
     path = Path(path)
     if path.is_dir():
         settings = json.loads((path / SETTINGS_FILE).read_text())
-        method = _import(settings["class_path"])(**{**settings["init_args"], **overrides})
+        method = import_class(settings["class_path"])(**{**settings["init_args"], **overrides})
         method.check_backbone(settings["backbone"], source=f"prompt file {path}")
         tensors = load_file(path / PROMPT_FILE)
         missing = sorted(set(method.export_tensors()) - set(tensors))
@@ -36,4 +36,4 @@ def load(path: str | Path, map_location: str = "cpu", **overrides):
     meta = checkpoint.get("lit_prompts")
     if meta is None:
         raise ValueError(f"{path} is not a lit_prompts checkpoint (no 'lit_prompts' entry)")
-    return _import(meta["class_path"]).load_from_checkpoint(path, map_location=map_location, **overrides).eval()
+    return import_class(meta["class_path"]).load_from_checkpoint(path, map_location=map_location, **overrides).eval()

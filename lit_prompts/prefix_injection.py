@@ -159,6 +159,14 @@ class PrefixInjector:
         return key.transpose(-3, -2), value.transpose(-3, -2)
 
 
+def clear_prefixes(backbone: nn.Module) -> None:
+    """Remove every installed prefix (before a method without deep prompts runs on a backbone that
+    another method, sharing it, left prefixes in)."""
+    for module in backbone.modules():
+        if hasattr(module, "lit_prompts_prefix"):
+            module.lit_prompts_prefix = None
+
+
 def _install(module: nn.Module, kernel: str) -> None:
     module.lit_prompts_prefix = None
     module.lit_prompts_kernel_name = kernel

@@ -50,9 +50,31 @@ def test_every_config_is_covered():
         assert "python -m lit_prompts" in config.read_text() or "srun" in config.read_text(), name(config)
 
 
+def with_local_data(settings: dict, tiny_backbone, tmp_path) -> dict:
+    """A multi-task config with each task's hub dataset replaced by ../shared/data and a tiny backbone."""
+    tasks = settings["data"]["init_args"]["tasks"]
+    formats = {spec["task_format"] for spec in tasks.values()}
+    settings["model"]["init_args"]["backbone"] = tiny_backbone(TINY_FOR_FORMAT[sorted(formats)[0]])
+    for spec in tasks.values():
+        spec["data_files"] = local_copies(spec.pop("dataset"), tmp_path)
+        spec.pop("splits", None)
+    return settings
+
+
 @pytest.mark.parametrize("config", TASK_CONFIGS, ids=name)
 def test_task_config_runs(config, tiny_backbone, tmp_path):
     settings = yaml.safe_load(config.read_text())
+    if "tasks" in settings["data"]["init_args"]:
+        if not SHARED_DATA.is_dir():
+            pytest.skip("../shared/data is not beside the repository")
+        local = tmp_path / "local.yaml"
+        local.write_text(yaml.safe_dump(with_local_data(settings, tiny_backbone, tmp_path)))
+        cli = run_cli("fit", f"--config={local}", *FEW_STEPS, f"--trainer.default_root_dir={tmp_path}", root=tmp_path)
+        assert cli.trainer.global_step == 2
+        logged = set(cli.trainer.callback_metrics)
+        assert "val/macro" in logged and all(any(k.startswith(f"val/{t}/") for k in logged) for t in settings["data"]["init_args"]["tasks"])
+        assert (tmp_path / "lightning_logs" / "version_0" / "prompt" / "prompt.safetensors").is_file()
+        return
     overrides = list(FEW_STEPS)
     if settings["model"]["init_args"]["backbone"].startswith("pkg://"):
         pass  # an installed backbone: run as shipped

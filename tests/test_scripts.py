@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end on a tiny backbone and reports sane figures."""
+"""The benchmark scripts run end to end on a tiny backbone and report sane figures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, review_rows
+from conftest import REPO, review_rows, run_cli
 
 
 def test_step_time_benchmark_smoke(tiny_backbone, tmp_path):
@@ -34,3 +34,22 @@ def test_step_time_benchmark_smoke(tiny_backbone, tmp_path):
     assert variants["full"]["trainable_params"] == variants["full"]["total_params"]
     assert result["mean_padded_tokens_with_prompt"] == result["mean_padded_tokens"] + 2
     assert all(r > 0 for r in result["ratios"].values())
+
+
+def test_mixed_predict_benchmark_smoke(tiny_backbone, reviews, ner_files, tmp_path):
+    tasks = {"sentiment": {"task": "classification", "data_files": {"train": reviews["train"], "validation": reviews["validation"]}},
+             "entities": {"task": "ner", "task_format": "token",
+                          "data_files": {"train": ner_files["train"], "validation": ner_files["validation"]}}}
+    run_cli("fit", "--model=MultiTaskPromptTuning", f"--model.backbone={tiny_backbone('bert')}", "--model.num_virtual_tokens=2",
+            "--data=MultiTaskDataModule", "--data.tasks=" + json.dumps(tasks), "--data.batch_size=8",
+            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", root=tmp_path)
+    run = tmp_path / "lightning_logs" / "version_0"
+    output = tmp_path / "mixed.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_mixed_predict.py"), f"--config={run / 'config.yaml'}",
+               f"--ckpt={run / 'checkpoints' / 'last.ckpt'}", "--per-task=6", "--batch-size=4", "--repeats=1",
+               f"--output={output}"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    result = json.loads(output.read_text())
+    assert result["rows"] == 12 and result["tasks"] == ["sentiment", "entities"]
+    assert result["mixed_s"] > 0 and result["one_task_at_a_time_s"] > 0
+    assert result["rows_predicted_differently"] == 0

@@ -1,3 +1,4 @@
 from .datamodule import PromptDataModule
+from .multitask import MultiTaskDataModule
 
-__all__ = ["PromptDataModule"]
+__all__ = ["MultiTaskDataModule", "PromptDataModule"]

@@ -10,17 +10,22 @@ which task comes next follows the sampling strategy:
   round_robin   tasks in turn, one batch each
 
 Validation and test give one loader per task (Lightning's ``dataloader_idx`` is the task's index).
+Predict reads one file whose rows name their task (``task_column``) and batches them in file order,
+tasks mixed: a batch holds one sub-batch per task (``task_batches``) and where its rows go (``positions``).
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import random
 
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .collate import ListDataset
 from .datamodule import PromptDataModule
+from .sources import RawSplit, _read_files
 
 SAMPLING = ("proportional", "temperature", "round_robin")
 
@@ -40,12 +45,17 @@ class TaskBatches(Dataset):
         return batch
 
 
-class PlanSampler(Sampler):
+class PlanSampler(DistributedSampler):
     """Yields an epoch's (task, indices) batches; Lightning calls ``set_epoch`` before each epoch,
-    so every epoch has its own order, drawn from (seed, epoch) alone (a resumed run replays it)."""
+    so every epoch has its own order, drawn from (seed, epoch) alone (a resumed run replays it).
+
+    It splits the plan between DDP ranks itself. Being a ``DistributedSampler`` tells Lightning so,
+    which otherwise would wrap it in one more distributed sampler (and split each rank's share again).
+    """
 
     def __init__(self, sizes: dict[str, int], batch_size: int, sampling: str, temperature: float, seed: int,
                  rank: int = 0, world_size: int = 1):
+        # DistributedSampler.__init__ (a dataset to split by index) does not apply: set our own state.
         self.args = (sizes, batch_size, sampling, temperature)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
@@ -99,10 +109,14 @@ class MultiTaskDataModule(LightningDataModule):
         temperature: T of temperature sampling.
         batch_size: training batch size (per device), the same for every task.
         eval_batch_size: validation / test / predict batch size (default: batch_size).
+        predict_files: predict: json / jsonl / csv file(s) whose rows mix tasks, each with its task's
+            columns (as that task's config names them) and its task's name in ``task_column``.
+        task_column: the column naming each predict row's task.
     """
 
     def __init__(self, tasks: dict[str, dict], backbone: str = "", sampling: str = "proportional",
-                 temperature: float = 2.0, batch_size: int = 32, eval_batch_size: int | None = None):
+                 temperature: float = 2.0, batch_size: int = 32, eval_batch_size: int | None = None,
+                 predict_files: str | list[str] | None = None, task_column: str = "task"):
         super().__init__()
         if not tasks:
             raise ValueError("data.init_args.tasks is empty: name at least one task")
@@ -116,9 +130,14 @@ class MultiTaskDataModule(LightningDataModule):
             clashes = {"backbone", "batch_size", "eval_batch_size"} & set(spec)
             if clashes:
                 raise ValueError(f"data.init_args.tasks.{name}: {sorted(clashes)} are set once for all tasks")
-            self.modules[name] = PromptDataModule(backbone=backbone, batch_size=batch_size,
-                                                  eval_batch_size=eval_batch_size, **spec)
+            # Built in a fresh context: LightningCLI hands the hyperparameters it parsed to every
+            # save_hyperparameters() call inside this one's instantiation through a context variable,
+            # which would give each task module this module's arguments instead of its own.
+            self.modules[name] = contextvars.Context().run(
+                PromptDataModule, backbone=backbone, batch_size=batch_size, eval_batch_size=eval_batch_size, **spec
+            )
         self.task_names = list(self.modules)
+        self.datasets: dict[str, ListDataset] = {}  # predict's mixed rows (training data stays per task)
 
     @property
     def task_specs(self) -> dict[str, dict]:
@@ -130,8 +149,39 @@ class MultiTaskDataModule(LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self._setup_mixed_predict()
+            return
         for module in self.modules.values():
             module.setup(stage)
+
+    def _setup_mixed_predict(self) -> None:
+        if not self.hparams.predict_files:
+            raise ValueError("predict with a MultiTaskDataModule reads data.init_args.predict_files: set it")
+        split = _read_files("predict", self.hparams.predict_files)
+        tasks = split.column(self.hparams.task_column, "task_column")
+        unknown = sorted({str(t) for t in tasks} - set(self.modules))
+        if unknown:
+            rows = [i for i, t in enumerate(tasks) if str(t) in unknown][:5]
+            raise ValueError(f"{split.source}: rows {rows} name tasks {unknown}; the tasks are {self.task_names}")
+        # Ids: the task's id_column, else the file's "id" column, else the row number in the file.
+        file_ids = split.rows["id"] if "id" in split.rows.column_names else [None] * len(tasks)
+        features = [None] * len(tasks)
+        for name, module in self.modules.items():
+            rows = [i for i, t in enumerate(tasks) if t == name]
+            if not rows:
+                continue
+            part = RawSplit(split.rows.select(rows), f"{split.source} (rows of task {name!r})")
+            for row, feature in zip(rows, module._encode("predict", part)):
+                if module.hparams.id_column is None:
+                    feature["id"] = row if file_ids[row] is None else file_ids[row]
+                features[row] = {**feature, "task": name}
+        self.datasets = {"predict": ListDataset(features)}
+
+    def predict_dataloader(self) -> DataLoader:
+        collate = MixedCollator({name: m._collator(with_candidates=True) for name, m in self.modules.items()})
+        return DataLoader(self.datasets["predict"], batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
+                          collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -168,3 +218,21 @@ class _tagging:
         batch = self.collate(features)
         batch["task"] = self.task
         return batch
+
+
+class MixedCollator:
+    """Collates rows of several tasks: one sub-batch per task, by that task's own collator, and the
+    positions its rows had in the input."""
+
+    def __init__(self, collators: dict):
+        self.collators = collators
+
+    def __call__(self, features: list[dict]) -> dict:
+        positions: dict[str, list[int]] = {}
+        for i, feature in enumerate(features):
+            positions.setdefault(feature["task"], []).append(i)
+        task_batches = {}
+        for task, where in positions.items():
+            task_batches[task] = self.collators[task]([features[i] for i in where])
+            task_batches[task]["task"] = task
+        return {"task_batches": task_batches, "positions": positions, "ids": [f["id"] for f in features]}

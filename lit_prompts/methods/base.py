@@ -93,17 +93,10 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        self.task = get_task(task, task_format)
-        if not label_names:
-            raise ValueError("model.init_args.label_names is empty (the CLI links it from the data module)")
-        if task_format == "cloze" and (not verbalizer_token_ids or len(verbalizer_token_ids) != len(label_names)):
-            raise ValueError("cloze format needs one verbalizer token id per label (linked from the data module)")
         if pooling not in ("auto", "first", "last", "mean"):
             raise ValueError(f"model.init_args.pooling={pooling!r} is not one of auto, first, last, mean")
-        if predict_with not in ("labels", "generate") or (predict_with == "generate" and task_format != "text_to_text"):
-            raise ValueError(
-                f"model.init_args.predict_with={predict_with!r}: use 'labels', or 'generate' with task_format text_to_text"
-            )
+        if predict_with not in ("labels", "generate"):
+            raise ValueError(f"model.init_args.predict_with={predict_with!r} is not one of labels, generate")
         self.backbone = load_backbone(backbone, task_format, backbone_dtype, attn_implementation)
         if gradient_checkpointing:
             if not self.backbone.supports_gradient_checkpointing:
@@ -117,12 +110,44 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         if pooling == "auto":
             pooling = "mean" if self.facts.is_encoder_decoder else "last" if self.facts.is_decoder_only else "first"
         self.pooling = pooling
-        if task_format in ("head", "token", "span"):  # per label (span: start, end): of the pooled text or of each token
-            self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.facts.hidden_size, len(label_names)))
-        metrics = self.task.metrics(label_names)
+        self.build_task()
+        self.train()
+
+    def build_task(self) -> None:
+        """The task, its head and its metrics (a multi-task method builds one of each per task)."""
+        h = self.hparams
+        self.task = get_task(h.task, h.task_format)
+        self.head = self.new_head(h.task_format, h.label_names, h.verbalizer_token_ids, "model.init_args")
+        metrics = self.task.metrics(h.label_names)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.train()
+
+    def new_head(self, task_format: str, label_names: list[str] | None, verbalizer_token_ids: list[int] | None,
+                 where: str) -> nn.Module | None:
+        """Checks a task's linked settings; returns the classifier over hidden states the format
+        needs (a score per label; span: start, end), or None (cloze and text-to-text reuse the LM head)."""
+        if not label_names:
+            raise ValueError(f"{where}.label_names is empty (the CLI links it from the data module)")
+        if task_format == "cloze" and (not verbalizer_token_ids or len(verbalizer_token_ids) != len(label_names)):
+            raise ValueError(f"{where}: cloze format needs one verbalizer token id per label (linked from the data module)")
+        if self.hparams.predict_with == "generate" and task_format != "text_to_text":
+            raise ValueError(f"model.init_args.predict_with='generate' needs task_format text_to_text, not {task_format!r}")
+        if task_format not in ("head", "token", "span"):
+            return None
+        return nn.Sequential(nn.Dropout(self.hparams.head_dropout), nn.Linear(self.facts.hidden_size, len(label_names)))
+
+    # What the task in hand is (a multi-task method answers for the task of the batch in hand).
+    @property
+    def task_format(self) -> str:
+        return self.hparams.task_format
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.hparams.label_names
+
+    @property
+    def verbalizer_token_ids(self) -> list[int] | None:
+        return self.hparams.verbalizer_token_ids
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -138,17 +163,24 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self.trainer is not None else None
+        # A multi-task data module holds one single-task module per task: check each.
+        modules = getattr(datamodule, "modules", None) or ({"": datamodule} if datamodule is not None else {})
+        for name, module in modules.items():
+            self.check_data(module, f"data.init_args.tasks.{name}" if name else "data.init_args")
+
+    def check_data(self, datamodule, where: str) -> None:
+        """The data fits the prompt: template virtual tokens, and text plus prompt within the positions."""
         limit = getattr(self.backbone.config, "max_position_embeddings", None)
         prompt_length = self.input_prompt_length
         in_template = getattr(datamodule, "template_virtual_tokens", 0)
         if in_template and in_template != self.template_prompt_length:
             raise ValueError(
-                f"data.init_args.template has {in_template} virtual tokens ([P:n]); {type(self).__name__} fills "
+                f"{where}.template has {in_template} virtual tokens ([P:n]); {type(self).__name__} fills "
                 f"{self.template_prompt_length} (P-tuning: set model.init_args.num_virtual_tokens={in_template})"
             )
-        if datamodule is not None and limit and datamodule.hparams.max_length + prompt_length > limit:
+        if limit and datamodule.hparams.max_length + prompt_length > limit:
             raise ValueError(
-                f"data.init_args.max_length={datamodule.hparams.max_length} plus {prompt_length} virtual tokens "
+                f"{where}.max_length={datamodule.hparams.max_length} plus {prompt_length} virtual tokens "
                 f"exceeds the {limit} positions of {self.fingerprint['name']!r}: lower max_length"
             )
 
@@ -227,14 +259,14 @@ class PromptMethod(PromptCheckpointing, LightningModule):
     def class_logits(self, batch: dict) -> Tensor:
         """[batch, num_labels] scores for head and cloze formats."""
         inputs, shift = self.prompted_inputs(batch)
-        if self.hparams.task_format == "head":
+        if self.task_format == "head":
             hidden = self.backbone(**inputs).last_hidden_state
             real = inputs["attention_mask"].clone()
             real[:, :shift] = 0  # pool over the example's own tokens, not the prompt
             return self.head(pool_hidden(hidden, real, self.pooling).float())
         logits = self.backbone(**inputs).logits  # cloze: masked-LM logits
         at_mask = logits[torch.arange(logits.shape[0], device=logits.device), batch["mask_index"] + shift]
-        return at_mask[:, self.hparams.verbalizer_token_ids].float()
+        return at_mask[:, self.verbalizer_token_ids].float()
 
     def token_logits(self, batch: dict) -> Tensor:
         """[batch, seq, num_labels] scores of every input token (virtual positions removed)."""
@@ -258,12 +290,12 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     def scores(self, batch: dict) -> Tensor:
         """[batch, num_labels] scores in every format (rank classification for text-to-text)."""
-        if self.hparams.task_format != "text_to_text":
+        if self.task_format != "text_to_text":
             return self.class_logits(batch)
         return self.sequence_scores(batch["candidates"], "sum").view(len(batch["ids"]), -1)
 
     def training_loss(self, batch: dict) -> Tensor:
-        if self.hparams.task_format == "text_to_text":  # every task: the target text's mean token loss
+        if self.task_format == "text_to_text":  # every task: the target text's mean token loss
             loss = -self.sequence_scores(batch, "token_mean")
         else:
             loss = self.task.loss(self, batch)

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 class ClassificationTask:
     formats = ("head", "cloze", "text_to_text")
     monitor = "val/accuracy"
+    monitor_scale = 1.0  # to 0-1, for averages over tasks
 
     def metrics(self, label_names: list[str]) -> MetricCollection:
         return MetricCollection({
@@ -31,7 +32,7 @@ class ClassificationTask:
             texts = method.generate(batch["source"])
             return [{"id": i, "text": t} for i, t in zip(batch["ids"], texts)]
         score, index = method.scores(batch).softmax(-1).max(-1)
-        names = method.hparams.label_names
+        names = method.label_names
         return [
             {"id": i, "label": names[k], "score": round(s, 6)}
             for i, k, s in zip(batch["ids"], index.tolist(), score.tolist())

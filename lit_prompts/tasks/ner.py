@@ -15,6 +15,7 @@ from ..metrics import EntityF1
 class NerTask:
     formats = ("token", "text_to_text")
     monitor = "val/f1"
+    monitor_scale = 1.0  # to 0-1, for averages over tasks
 
     def metrics(self, label_names: list[str]) -> MetricCollection:
         return MetricCollection({"entity": EntityF1()})
@@ -26,8 +27,8 @@ class NerTask:
 
     def predicted_tags(self, method, batch: dict) -> list[list[str]]:
         """Per sentence: one predicted tag per word (words cut off by max_length get ``O``)."""
-        names = method.hparams.label_names
-        if method.hparams.task_format == "text_to_text":
+        names = method.label_names
+        if method.task_format == "text_to_text":
             texts = method.generate(batch["source"])
             types = {n[2:] for n in names if n != "O"}
             return [parse_linearized(t, words, types) for t, words in zip(texts, batch["tokens"])]
@@ -42,7 +43,7 @@ class NerTask:
         return out
 
     def update(self, method, batch: dict, metrics: MetricCollection) -> None:
-        names = method.hparams.label_names
+        names = method.label_names
         gold = [[names[t] for t in tags] for tags in batch["tags"]]
         metrics.update(self.predicted_tags(method, batch), gold)
 

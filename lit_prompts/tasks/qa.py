@@ -13,6 +13,7 @@ from torchmetrics.text import SQuAD
 class QaTask:
     formats = ("span", "text_to_text")
     monitor = "val/f1"
+    monitor_scale = 0.01  # SQuAD scores are percentages
 
     def metrics(self, label_names: list[str]) -> MetricCollection:
         return MetricCollection({"squad": SQuAD()})
@@ -30,7 +31,7 @@ class QaTask:
 
     def answers(self, method, batch: dict) -> list[tuple[str, float, int]]:
         """Per example: (answer text, score, character start)."""
-        if method.hparams.task_format == "text_to_text":
+        if method.task_format == "text_to_text":
             texts = method.generate(batch["source"])
             return [(t.strip(), 0.0, c.find(t.strip())) for t, c in zip(texts, batch["context"])]
         start, end = (t.float().cpu() for t in self.span_logits(method, batch))

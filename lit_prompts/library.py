@@ -1,0 +1,52 @@
+"""Prompt-library serving: trained single-task prompts loaded together on one frozen backbone, each
+example of a mixed batch answered by its own task's prompt and head.
+
+    python -m lit_prompts predict --model PromptLibrary \\
+        --model.backbone sentence-transformers/all-MiniLM-L6-v2 \\
+        --model.prompts '{sentiment: runs/sst2/prompt, entities: runs/conll/prompt}' \\
+        --data MultiTaskDataModule --data.tasks '{sentiment: {...}, entities: {...}}' \\
+        --data.predict_files mixed.jsonl
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from .backbone import shared_backbones
+from .loading import load
+from .methods.multitask import predict_mixed
+from .prefix_injection import clear_prefixes
+
+
+class PromptLibrary(LightningModule):
+    """Exported prompts (``prompt.safetensors`` + ``prompt.json`` folders) of any methods, one per task
+    name, sharing one backbone object (per backbone form: head / token / span formats share one, a
+    text-to-text prompt gets the LM form). Predict only.
+
+    Args:
+        prompts: task name -> exported prompt folder; the names are the data module's task names.
+        backbone: where to load the frozen backbone from (every prompt must have been trained on it;
+            a prompt trained on another backbone is refused).
+    """
+
+    def __init__(self, prompts: dict[str, str], backbone: str):
+        super().__init__()
+        if not prompts:
+            raise ValueError("model.init_args.prompts is empty: name at least one task's exported prompt folder")
+        self.save_hyperparameters()
+        with shared_backbones():
+            self.methods = nn.ModuleDict({task: load(folder, backbone=backbone) for task, folder in prompts.items()})
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        return predict_mixed(batch, self.predict_task)
+
+    def predict_task(self, task: str, batch: dict) -> list[dict]:
+        if task not in self.methods:
+            raise KeyError(f"no prompt for task {task!r}; the library holds {list(self.methods)}")
+        method = self.methods[task]
+        clear_prefixes(method.backbone)  # a deep-prompt method sharing the backbone may have left its own
+        return method.task.predict(method, batch)
+
+    def configure_optimizers(self):
+        raise RuntimeError("PromptLibrary serves trained prompts (predict); train each prompt with its own method")
