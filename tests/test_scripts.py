@@ -53,3 +53,32 @@ def test_mixed_predict_benchmark_smoke(tiny_backbone, reviews, ner_files, tmp_pa
     assert result["rows"] == 12 and result["tasks"] == ["sentiment", "entities"]
     assert result["mixed_s"] > 0 and result["one_task_at_a_time_s"] > 0
     assert result["rows_predicted_differently"] == 0
+
+
+def test_method_comparison_benchmark_smoke(tiny_backbone, tmp_path):
+    for name, n, seed in (("train", 32, 0), ("dev", 16, 1)):
+        rows = review_rows(n, seed=seed)
+        (tmp_path / f"{name}.tsv").write_text(
+            "sentence\tlabel\n" + "".join(f"{r['text']}\t{int(r['label'] == 'positive')}\n" for r in rows))
+    output = tmp_path / "bench"
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), f"--backbone={tiny_backbone('bert')}",
+               f"--train-file={tmp_path / 'train.tsv'}", f"--validation-file={tmp_path / 'dev.tsv'}",
+               "--methods", "PromptTuning", "PTuningV2", "--peft", "--steps=5", "--batch-size=8", "--virtual-tokens=2",
+               "--seeds", "0", f"--output={output}"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads((output / "results.json").read_text())
+    hidden, layers, head = 32, 2, 32 * 2 + 2
+    summary = {(r["impl"], r["method"]): r for r in result["summary"]}
+    assert set(summary) == {("lit_prompts", "PromptTuning"), ("peft", "PromptTuning"), ("lit_prompts", "PTuningV2")}
+    assert len(result["runs"]) == 3
+    for row in summary.values():
+        assert row["median_step_ms"] > 0 and row["tokens_per_s"] > 0 and row["peak_mem_mb"] >= 0
+        assert 0 <= row["metric_mean"] <= 1 and row["metric_name"] == "val/accuracy" and row["seeds"] == [0]
+        assert 0 < row["exported_bytes"] <= 4 * row["trainable_params"] + 16 * 1024
+    assert summary["lit_prompts", "PromptTuning"]["trainable_params"] == 2 * hidden + head
+    assert summary["lit_prompts", "PTuningV2"]["trainable_params"] == layers * 2 * hidden + head
+    assert summary["peft", "PromptTuning"]["trainable_params"] == 2 * hidden + head  # PEFT's prompt + classifier
+    assert "PromptTuning: step time lit_prompts / PEFT" in result["ratios"]
+    report = (output / "results.md").read_text()
+    assert report.startswith("`python scripts/benchmark.py") and "| PTuningV2 | lit_prompts |" in report
+    assert (output / "metric_vs_params.png").stat().st_size > 0 and (output / "step_time.png").stat().st_size > 0

