@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peft", action="store_true", help="also run PEFT's prompt / prefix / P-tuning (if in --methods)")
     p.add_argument("--val-batches", type=float, default=1.0, help="Lightning limit_val_batches (int: batches, float: share)")
     p.add_argument("--output", default="benchmark")
+    p.add_argument("--param-table", action="store_true",
+                   help="only count parameters of every method on a DistilBERT-base-sized and a MiniLM-sized backbone")
     p.add_argument("--peft-run", help=argparse.SUPPRESS)  # internal: be one PEFT run, given as JSON
     return p.parse_args(argv)
 
@@ -221,10 +223,10 @@ def inputs_of(batch: dict) -> dict:
 
 def peft_worker(args) -> None:
     import torch
+    from bench_step_time import PeakMemory
     from lightning.pytorch import seed_everything
     from transformers import get_scheduler
 
-    from bench_step_time import PeakMemory
     from lit_prompts.data import PromptDataModule
     from lit_prompts.tasks import get_task
 
@@ -437,11 +439,48 @@ def plots(output: Path, summary: list[dict]) -> None:
     plt.close("all")
 
 
+def param_table(args) -> None:
+    """Trainable and exported parameters of every method (2 labels, each method's defaults, P =
+    --virtual-tokens) on DistilBERT-base (random weights built from its config: only shapes count)
+    and on MiniLM (--backbone)."""
+    import tempfile
+
+    from transformers import DistilBertConfig, DistilBertModel
+
+    import lit_prompts
+
+    folder = Path(tempfile.mkdtemp()) / "distilbert-base-sized"
+    DistilBertModel(DistilBertConfig()).save_pretrained(folder)  # distilbert-base-uncased's shapes
+    rows = []
+    for name, backbone in (("DistilBERT-base (6 x 768)", str(folder)), ("MiniLM-L6 (6 x 384)", args.backbone)):
+        for method in args.methods:
+            cls = getattr(lit_prompts, method)
+            extra = {"num_virtual_tokens": args.virtual_tokens} if "num_virtual_tokens" in inspect.signature(cls.__init__).parameters else {}
+            model = cls(backbone=backbone, label_names=["negative", "positive"], **extra)
+            trainable = sum(p.numel() for p in model.trainable_parameters())
+            exported = sum(t.numel() for t in model.export_tensors().values())
+            backbone_params = sum(p.numel() for p in model.backbone.parameters())
+            rows.append({"backbone": name, "method": method, "trainable_params": trainable, "exported_params": exported,
+                         "backbone_params": backbone_params, "trainable_pct": 100 * trainable / backbone_params})
+            print(f"{name:<28}{method:<16}{trainable:>14,}{exported:>14,}{rows[-1]['trainable_pct']:>9.3f}%", flush=True)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "param_counts.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [f"`{shlex.join(['python', 'scripts/benchmark.py', *sys.argv[1:]])}`", "",
+             "| backbone | method | trainable (incl. 2-label head) | exported | % of backbone |", "|---|---|---|---|---|"]
+    lines += [f"| {r['backbone']} | {r['method']} | {r['trainable_params']:,} | {r['exported_params']:,} | {r['trainable_pct']:.3f}% |"
+              for r in rows]
+    (output / "param_counts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     args = parse_args()
     sys.path.insert(0, str(SCRIPTS))
     if args.peft_run:
         return peft_worker(args)
+    if args.param_table:
+        return param_table(args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]])
