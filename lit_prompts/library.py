@@ -10,6 +10,8 @@ example of a mixed batch answered by its own task's prompt and head.
 
 from __future__ import annotations
 
+import contextvars
+
 from lightning.pytorch import LightningModule
 from torch import nn
 
@@ -17,6 +19,14 @@ from .backbone import shared_backbones
 from .loading import load
 from .methods.multitask import predict_mixed
 from .prefix_injection import clear_prefixes
+
+
+def _load_sharing_backbone(prompts: dict[str, str], backbone: str) -> dict:
+    # Run in a fresh context: LightningCLI hands the hyperparameters it parsed for this module to
+    # every save_hyperparameters() call during its instantiation through a context variable, which
+    # would give each loaded method the library's arguments instead of its own.
+    with shared_backbones():
+        return {task: load(folder, backbone=backbone) for task, folder in prompts.items()}
 
 
 class PromptLibrary(LightningModule):
@@ -35,8 +45,7 @@ class PromptLibrary(LightningModule):
         if not prompts:
             raise ValueError("model.init_args.prompts is empty: name at least one task's exported prompt folder")
         self.save_hyperparameters()
-        with shared_backbones():
-            self.methods = nn.ModuleDict({task: load(folder, backbone=backbone) for task, folder in prompts.items()})
+        self.methods = nn.ModuleDict(contextvars.Context().run(_load_sharing_backbone, prompts, backbone))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         return predict_mixed(batch, self.predict_task)
