@@ -53,7 +53,7 @@ def test_answer_tokens_map_back_to_the_answer_text_in_every_window(arch, tiny_ba
 def fake_method(start_logits, end_logits):
     logits = torch.stack([torch.tensor(start_logits), torch.tensor(end_logits)], -1).float()
     return SimpleNamespace(
-        hparams=SimpleNamespace(task_format="span", n_best=20, max_answer_tokens=3),
+        task_format="span", hparams=SimpleNamespace(n_best=20, max_answer_tokens=3),
         token_logits=lambda batch: logits,
     )
 
