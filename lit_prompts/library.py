@@ -10,13 +10,11 @@ example of a mixed batch answered by its own task's prompt and head.
 
 from __future__ import annotations
 
-import contextvars
-
 from lightning.pytorch import LightningModule
 from torch import nn
 
 from .backbone import shared_backbones
-from .loading import load
+from .loading import build_outside_cli, load
 from .methods.multitask import predict_mixed
 from .prefix_injection import clear_prefixes
 
@@ -45,7 +43,7 @@ class PromptLibrary(LightningModule):
         if not prompts:
             raise ValueError("model.init_args.prompts is empty: name at least one task's exported prompt folder")
         self.save_hyperparameters()
-        self.methods = nn.ModuleDict(contextvars.Context().run(_load_sharing_backbone, prompts, backbone))
+        self.methods = nn.ModuleDict(build_outside_cli(_load_sharing_backbone, prompts, backbone))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         return predict_mixed(batch, self.predict_task)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 from pathlib import Path
@@ -15,6 +16,14 @@ from .methods.checkpointing import PROMPT_FILE, SETTINGS_FILE
 def import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def build_outside_cli(build, *args, **kwargs):
+    """``build(*args, **kwargs)`` in a fresh context. While LightningCLI instantiates a class it hands
+    the hyperparameters it parsed to every ``save_hyperparameters()`` call through a context
+    variable, so objects built inside another one's ``__init__`` (a multi-task module's task modules,
+    a prompt library's loaded methods) would record the outer object's arguments as their own."""
+    return contextvars.Context().run(build, *args, **kwargs)
 
 
 def load(path: str | Path, map_location: str = "cpu", **overrides):

@@ -104,6 +104,14 @@ def make_batches(args) -> list[dict]:
     return [collate(features[i : i + args.batch_size]) for i in range(0, len(features), args.batch_size)]
 
 
+def sync(device) -> None:
+    """Wait for the device's queued work, so that a wall-clock timer measures it (CUDA runs ahead)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 class PeakMemory:
     """Peak growth over what is allocated when constructed (model + batches built).
 
@@ -213,17 +221,16 @@ def worker(args) -> None:
         except Exception as error:  # noqa: BLE001
             print("UNSUPPORTED " + json.dumps(f"{type(error).__name__}: {error}"), flush=True)
             return
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     memory = PeakMemory(device)
     print("READY", flush=True)
     for line in sys.stdin:
         if line.startswith("done"):
             break
         batch = batches[int(line.split()[1])]
-        sync()
+        sync(device)
         start = time.perf_counter()
         step(batch)
-        sync()
+        sync(device)
         print(f"TIME {time.perf_counter() - start}", flush=True)
     peak = memory.peak_growth_mb()
     # One untimed backward: a .grad on a tensor outside the optimizer would be a frozen weight

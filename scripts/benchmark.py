@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from bench_step_time import PeakMemory, sync  # noqa: E402
 from lightning.pytorch import Callback  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -41,13 +42,16 @@ METHODS = ("PromptTuning", "PrefixTuning", "PTuning", "PTuningV2", "PromptPool",
 PEFT_METHODS = ("PromptTuning", "PrefixTuning", "PTuning")
 # Task presets: the data module's arguments, with ../shared/data files (SQuAD: split by article
 # into --output/squad_split by scripts/split_squad_by_article.py).
+SST2 = {"task": "classification", "text_column": "sentence", "label_column": "label", "label_names": ["negative", "positive"],
+        "max_length": 128}
 TASKS = {
-    "sst2": {"task": "classification", "task_format": "head", "text_column": "sentence", "label_column": "label",
-             "label_names": ["negative", "positive"], "max_length": 128},
+    "sst2": {**SST2, "task_format": "head"},
+    # For decoders (SmolLM2): the config's template, rank classification over " negative" / " positive".
+    "sst2_text_to_text": {**SST2, "task_format": "text_to_text", "template": "Review: {text}\nSentiment:", "target_template": " {label}"},
     "conll2003": {"task": "ner", "task_format": "token", "max_length": 128},
     "squad": {"task": "qa", "task_format": "span", "max_length": 256, "stride": 96},
 }
-FILES = {"sst2": ("sst2/train.tsv", "sst2/dev.tsv"), "conll2003": ("conll2003/train.txt", "conll2003/valid.txt")}
+FILES = {"sst2": ("sst2/train.tsv", "sst2/dev.tsv"), "sst2_text_to_text": ("sst2/train.tsv", "sst2/dev.tsv"), "conll2003": ("conll2003/train.txt", "conll2003/valid.txt")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--peft", action="store_true", help="also run PEFT's prompt / prefix / P-tuning (if in --methods)")
     p.add_argument("--val-batches", type=float, default=1.0, help="Lightning limit_val_batches (int: batches, float: share)")
+    p.add_argument("--forward-batches", type=int, default=10,
+                   help="after training, time a no-grad forward pass over the last N training batches (step / forward ratio)")
     p.add_argument("--output", default="benchmark")
     p.add_argument("--param-table", action="store_true",
                    help="only count parameters of every method on a DistilBERT-base-sized and a MiniLM-sized backbone")
@@ -102,49 +108,65 @@ class StepStats(Callback):
     """Lightning callback: per-step wall time (the whole step: forward, backward, optimizer), real
     tokens per step, peak memory, and the validation metrics at the end, written as JSON."""
 
-    def __init__(self, output: str, progress_every: int = 25):
+    def __init__(self, output: str, progress_every: int = 25, forward_batches: int = 10):
         super().__init__()
-        self.output, self.every = output, progress_every
-        self.times, self.tokens = [], []
+        self.output, self.every, self.forward_batches = output, progress_every, forward_batches
+        self.times, self.tokens, self.last_batches = [], [], []
 
     def on_train_start(self, trainer, pl_module):
-        from bench_step_time import PeakMemory
-
         self.memory = PeakMemory(pl_module.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        _sync(pl_module.device)
+        sync(pl_module.device)
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        _sync(pl_module.device)
+        sync(pl_module.device)
         self.times.append(time.perf_counter() - self.start)
         self.tokens.append(int(batch["attention_mask"].sum()))
+        self.last_batches = (self.last_batches + [batch])[-self.forward_batches:]
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:
             print(f"PROGRESS step {step}/{trainer.max_steps} loss {float(outputs['loss']):.4f}", flush=True)
 
+    def on_train_end(self, trainer, pl_module):
+        self.peak_mem_mb = self.memory.peak_growth_mb()
+        with trainer.precision_plugin.forward_context():  # autocast as in the step
+            self.forward_times = forward_times(pl_module.training_loss, self.last_batches, pl_module.device)
+
     def on_fit_end(self, trainer, pl_module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         Path(self.output).write_text(json.dumps({
-            "step_times_s": self.times, "tokens": self.tokens, "peak_mem_mb": self.memory.peak_growth_mb(),
+            "step_times_s": self.times, "tokens": self.tokens, "peak_mem_mb": self.peak_mem_mb, "forward_times_s": self.forward_times,
             "metrics": metrics, "monitor": pl_module.monitor,
             "trainable_params": sum(p.numel() for p in pl_module.trainable_parameters()),
             "backbone_params": sum(p.numel() for p in pl_module.backbone.parameters()),
         }))
 
 
-def _sync(device) -> None:
+def forward_times(loss_of, batches: list[dict], device) -> list[float]:
+    """Seconds of a no-grad forward pass (the same loss, in train mode as in the step) over each
+    batch, after one untimed pass: the denominator of the step / forward ratio."""
     import torch
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    times = []
+    with torch.no_grad():
+        for batch in batches[:1] + batches:
+            sync(device)
+            start = time.perf_counter()
+            loss_of(batch)
+            sync(device)
+            times.append(time.perf_counter() - start)
+    return times[1:]
 
 
-def summarize_times(times: list[float], tokens: list[int]) -> dict:
+def summarize_times(times: list[float], tokens: list[int], forward: list[float]) -> dict:
     steady = times[min(3, len(times) - 1):]  # the first steps pay for warm-up (allocations, kernels)
     kept = tokens[len(times) - len(steady):]
-    return {"median_step_ms": 1000 * statistics.median(steady), "tokens_per_s": sum(kept) / sum(steady)}
+    # The forward passes ran over the last len(forward) training batches: compare like with like.
+    step_over_forward = statistics.median(s / f for s, f in zip(times[-len(forward):], forward)) if forward else None
+    return {"median_step_ms": 1000 * statistics.median(steady), "tokens_per_s": sum(kept) / sum(steady),
+            "median_forward_ms": 1000 * statistics.median(forward) if forward else None, "step_over_forward": step_over_forward}
 
 
 # --- the lit_prompts path: the CLI ------------------------------------------------------------------
@@ -157,15 +179,20 @@ def lit_run(args, method: str, seed: int, output: Path) -> dict:
              "--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={learning_rate(args, method)}"]
     if "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, method).__init__).parameters:
         model.append(f"--model.num_virtual_tokens={args.virtual_tokens}")
-    data = data_args(args, output)
+    # In a config file (JSON is YAML), values such as a template "Review: {text}\nSentiment:" stay
+    # strings; on the command line jsonargparse would read them as YAML mappings.
+    data_config = folder / "data.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    data_config.write_text(json.dumps({"data": {"init_args": data_args(args, output)}}, indent=2))
     command = [
         sys.executable, "-m", "lit_prompts", "fit", *model,
-        *[f"--data.{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in data.items()],
+        f"--config={data_config}",
         f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={args.steps}",
         "--trainer.check_val_every_n_epoch=null", "--trainer.num_sanity_val_steps=0", f"--trainer.limit_val_batches={args.val_batches}",
         f"--trainer.precision={args.precision}", f"--trainer.accelerator={args.device}", "--trainer.devices=1",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={folder}",
-        "--trainer.callbacks+=" + json.dumps({"class_path": "benchmark.StepStats", "init_args": {"output": str(stats)}}),
+        "--trainer.callbacks+=" + json.dumps({"class_path": "benchmark.StepStats",
+                                              "init_args": {"output": str(stats), "forward_batches": args.forward_batches}}),
     ]
     run_logged(command, folder, f"lit_prompts {method} seed {seed}")
     result = json.loads(stats.read_text())
@@ -174,7 +201,7 @@ def lit_run(args, method: str, seed: int, output: Path) -> dict:
             "trainable_params": result["trainable_params"], "backbone_params": result["backbone_params"],
             "exported_bytes": prompt.stat().st_size, "peak_mem_mb": result["peak_mem_mb"],
             "metric_name": result["monitor"], "metric": result["metrics"].get(result["monitor"]),
-            "metrics": result["metrics"], **summarize_times(result["step_times_s"], result["tokens"])}
+            "metrics": result["metrics"], **summarize_times(result["step_times_s"], result["tokens"], result["forward_times_s"])}
 
 
 def run_logged(command: list[str], folder: Path, title: str) -> None:
@@ -211,7 +238,16 @@ class PeftAsMethod:
         self.model, self.task_format, self.label_names = model, task_format, label_names
 
     def scores(self, batch):
-        return self.model(**inputs_of(batch)).logits.float()
+        if self.task_format != "text_to_text":
+            return self.model(**inputs_of(batch)).logits.float()
+        # Rank classification as lit_prompts does it: the summed log-probability of each label's
+        # words after the input; PEFT's prompt tuning returns logits for its virtual tokens too.
+        from lit_prompts.methods.scoring import sequence_logprobs
+
+        seqs = batch["candidates"]
+        logits = self.model(**inputs_of(seqs)).logits[:, -seqs["input_ids"].shape[1]:]
+        scores = sequence_logprobs(logits[:, :-1].float(), seqs["target_ids"][:, 1:], "sum")
+        return scores.view(len(batch["ids"]), -1)
 
     def token_logits(self, batch):
         return self.model(**inputs_of(batch)).logits.float()
@@ -223,7 +259,6 @@ def inputs_of(batch: dict) -> dict:
 
 def peft_worker(args) -> None:
     import torch
-    from bench_step_time import PeakMemory
     from lightning.pytorch import seed_everything
     from transformers import get_scheduler
 
@@ -241,7 +276,7 @@ def peft_worker(args) -> None:
         model = build_peft_model(args, spec["method"], task_format, data.label_names).to(device)
         model.get_base_model().eval()  # like lit_prompts' default backbone_dropout=False
         batches = batches_of(data.train_dataloader(), args.steps, device)
-        labels_key = "label" if task_format == "head" else "labels"
+        labels_key = {"head": "label", "token": "labels", "text_to_text": "target_ids"}[task_format]
         with torch.no_grad():
             model(**inputs_of(batches[0]), labels=batches[0][labels_key])
     except Exception as error:  # noqa: BLE001 — a combination PEFT cannot do is a finding
@@ -254,7 +289,7 @@ def peft_worker(args) -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))
     memory, times, tokens = PeakMemory(device), [], []
     for step, batch in enumerate(batches, 1):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with autocast:
             loss = model(**inputs_of(batch), labels=batch[labels_key]).loss
@@ -262,14 +297,16 @@ def peft_worker(args) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
         tokens.append(int(batch["attention_mask"].sum()))
         if step % 25 == 0 or step == args.steps:
             print(f"PROGRESS step {step}/{args.steps} loss {float(loss):.4f}", flush=True)
     peak = memory.peak_growth_mb()
+    with autocast:
+        forward = forward_times(lambda b: model(**inputs_of(b), labels=b[labels_key]).loss, batches[-args.forward_batches:], device)
     task = get_task(TASKS[args.task]["task"], task_format)
-    metrics = task.metrics(data.label_names).clone(prefix="val/")
+    metrics = task.metrics(data.label_names).clone(prefix="val/").to(device)
     model.eval()
     scorer = PeftAsMethod(model, task_format, data.label_names)
     loader = data.val_dataloader()
@@ -286,12 +323,13 @@ def peft_worker(args) -> None:
         **result, "trainable_params": sum(p.numel() for p in params),
         "backbone_params": sum(p.numel() for p in model.get_base_model().base_model.parameters()),
         "exported_bytes": exported, "peak_mem_mb": peak, "metric_name": task.monitor, "metric": values.get(task.monitor),
-        "metrics": values, **summarize_times(times, tokens)}))
+        "metrics": values, **summarize_times(times, tokens, forward)}))
 
 
 def build_peft_model(args, method: str, task_format: str, label_names: list[str]):
+    import torch
     from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     import lit_prompts
     from lit_prompts.backbone import resolve_path
@@ -300,9 +338,14 @@ def build_peft_model(args, method: str, task_format: str, label_names: list[str]
         auto, kind = AutoModelForSequenceClassification, TaskType.SEQ_CLS
     elif task_format == "token":
         auto, kind = AutoModelForTokenClassification, TaskType.TOKEN_CLS
+    elif task_format == "text_to_text":  # decoders: the language-modelling loss on the target words
+        auto, kind = AutoModelForCausalLM, TaskType.CAUSAL_LM
     else:
         raise NotImplementedError(f"no PEFT reference for task format {task_format!r} in this benchmark")
-    base = auto.from_pretrained(resolve_path(args.backbone), num_labels=len(label_names))
+    extra = {} if kind == TaskType.CAUSAL_LM else {"num_labels": len(label_names)}
+    # float32 weights as lit_prompts loads them by default (transformers would keep a checkpoint's
+    # stored dtype); --precision bf16-mixed autocasts both alike.
+    base = auto.from_pretrained(resolve_path(args.backbone), dtype=torch.float32, **extra)
     p = args.virtual_tokens
     if method == "PromptTuning":  # lit_prompts' default init ("vocab") is PEFT's SAMPLE_VOCAB
         config = PromptTuningConfig(task_type=kind, num_virtual_tokens=p, prompt_tuning_init="SAMPLE_VOCAB")
@@ -356,10 +399,16 @@ def summarize(runs: list[dict]) -> list[dict]:
             "trainable_params": first["trainable_params"], "trainable_pct": 100 * first["trainable_params"] / first["backbone_params"],
             "exported_bytes": first["exported_bytes"],
             "median_step_ms": statistics.median(r["median_step_ms"] for r in group),
+            "step_over_forward": _median_of(group, "step_over_forward"),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in group),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in group),
         })
     return rows
+
+
+def _median_of(group: list[dict], key: str):
+    values = [r[key] for r in group if r.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def ratios(summary: list[dict]) -> dict:
@@ -374,6 +423,9 @@ def ratios(summary: list[dict]) -> dict:
     for a, b in pairs:
         if ("lit_prompts", a) in by and ("lit_prompts", b) in by:
             out[f"step time {a} / {b}"] = by["lit_prompts", a]["median_step_ms"] / by["lit_prompts", b]["median_step_ms"]
+    for (impl, method), r in by.items():
+        if r.get("step_over_forward") is not None and method != "FullFineTuning":
+            out[f"{method} ({impl}): step / no-grad forward over the same batches"] = r["step_over_forward"]
     for (impl, method), r in by.items():
         if impl == "lit_prompts" and method != "FullFineTuning":
             out[f"{method}: exported bytes - trainable bytes (fp32)"] = r["exported_bytes"] - 4 * r["trainable_params"]
@@ -395,15 +447,17 @@ def write_report(args, output: Path, runs: list[dict], command: str) -> dict:
     (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"`{command}`", "", f"{result['machine']}; {args.task}, {args.steps} steps of batch {args.batch_size}, "
              f"{args.precision}, seeds {args.seeds}", "",
-             "| method | impl | trainable (% of backbone) | exported | step ms (median) | tokens/s | peak mem MB | metric (mean ± sd) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | impl | trainable (% of backbone) | exported | step ms (median) | step / forward | tokens/s | peak mem MB "
+             "| metric (mean ± sd) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         if "unsupported" in r:
-            lines.append(f"| {r['method']} | {r['impl']} | not supported: {r['unsupported'][:120]} | | | | | |")
+            lines.append(f"| {r['method']} | {r['impl']} | not supported: {r['unsupported'][:120]} | | | | | | |")
             continue
+        ratio = "" if r.get("step_over_forward") is None else f"{r['step_over_forward']:.2f}"
         lines.append(
             f"| {r['method']} | {r['impl']} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | {r['exported_bytes'] / 1024:,.1f} KB "
-            f"| {r['median_step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} "
+            f"| {r['median_step_ms']:.1f} | {ratio} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} "
             f"| {r['metric_name']} {r['metric_mean']:.4f} ± {r['metric_std']:.4f} |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
     (output / "results.md").write_text("\n".join(lines) + "\n")
@@ -476,7 +530,6 @@ def param_table(args) -> None:
 
 def main() -> None:
     args = parse_args()
-    sys.path.insert(0, str(SCRIPTS))
     if args.peft_run:
         return peft_worker(args)
     if args.param_table:

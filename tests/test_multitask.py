@@ -169,7 +169,7 @@ def test_multitask_ddp_two_processes(tiny_backbone, three_tasks, tmp_path):
     cli = run_cli("fit", *args, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn", "--trainer.devices=2",
                   root=tmp_path)
     # `ddp_spawn` became the variant that tolerates tensors a step leaves unused.
-    assert cli.trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+    assert cli.config["fit"]["trainer"]["strategy"] == "ddp_spawn_find_unused_parameters_true"
     assert "val/macro" in cli.trainer.callback_metrics
     # Each rank took half of the epoch's plan: the plan sampler was not wrapped in another
     # distributed sampler (which would have halved it again).
@@ -181,6 +181,14 @@ def test_multitask_ddp_two_processes(tiny_backbone, three_tasks, tmp_path):
     assert last["global_step"] == steps == math.floor(sum(math.ceil(n / 8) for n in sizes.values()) / 2)
 
 
+def test_multitask_refuses_ddp_that_ignores_unused_parameters(tiny_backbone, three_tasks, tmp_path):
+    args = multitask_args(tiny_backbone("bert"), three_tasks, "mpt", "input")
+    # Raised in the spawned ranks; their traceback (with the message) comes back to this process.
+    with pytest.raises(Exception, match="MultiTaskPromptTuning trains per-task tensors that a batch of another task"):
+        run_cli("fit", *args, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn_find_unused_parameters_false",
+                "--trainer.devices=2", root=tmp_path)
+
+
 def test_prompt_library_serves_single_task_prompts_on_one_backbone(tiny_backbone, reviews, ner_files, tmp_path):
     backbone = tiny_backbone("bert")
     trained = {}
@@ -190,12 +198,12 @@ def test_prompt_library_serves_single_task_prompts_on_one_backbone(tiny_backbone
     ):
         run_cli("fit", f"--model={method}", f"--model.backbone={backbone}", "--model.num_virtual_tokens=3", *data,
                 "--data.batch_size=8", "--trainer.max_epochs=1", root=tmp_path / task)
-        trained[task] = (tmp_path / task / "lightning_logs" / "version_0", method, data)
+        trained[task] = tmp_path / task / "lightning_logs" / "version_0"
     rows = [r for r in mixed_rows() if r["task"] != "questions"]
     mixed_file = write_jsonl(tmp_path / "mixed.jsonl", rows)
     tasks = {"sentiment": {"task": "classification", "data_files": {"train": reviews["train"]}},
              "entities": {"task": "ner", "task_format": "token", "data_files": {"train": ner_files["train"]}}}
-    prompts = {task: str(folder / "prompt") for task, (folder, _, _) in trained.items()}
+    prompts = {task: str(folder / "prompt") for task, folder in trained.items()}
     cli = run_cli("predict", "--model=PromptLibrary", f"--model.backbone={backbone}", "--model.prompts=" + json.dumps(prompts),
                   "--data=MultiTaskDataModule", "--data.tasks=" + json.dumps(tasks), f"--data.predict_files={mixed_file}",
                   "--data.eval_batch_size=4", f"--predictions.output={tmp_path / 'mixed.out.jsonl'}", root=tmp_path / "serve")
@@ -203,7 +211,7 @@ def test_prompt_library_serves_single_task_prompts_on_one_backbone(tiny_backbone
     mixed = read_jsonl(tmp_path / "mixed.out.jsonl")
     assert [r["task"] for r in mixed] == [r["task"] for r in rows]
     files = {"sentiment": reviews, "entities": ner_files}
-    for task, (folder, _, _) in trained.items():
+    for task, folder in trained.items():
         alone_file = write_jsonl(tmp_path / f"{task}.jsonl", [{k: v for k, v in r.items() if k != "task"}
                                                              for r in rows if r["task"] == task])
         out = tmp_path / f"{task}.out.jsonl"

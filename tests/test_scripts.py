@@ -55,26 +55,37 @@ def test_mixed_predict_benchmark_smoke(tiny_backbone, reviews, ner_files, tmp_pa
     assert result["rows_predicted_differently"] == 0
 
 
-def test_method_comparison_benchmark_smoke(tiny_backbone, tmp_path):
+def sst2_like_files(folder) -> tuple[str, str]:
     for name, n, seed in (("train", 32, 0), ("dev", 16, 1)):
         rows = review_rows(n, seed=seed)
-        (tmp_path / f"{name}.tsv").write_text(
+        (folder / f"{name}.tsv").write_text(
             "sentence\tlabel\n" + "".join(f"{r['text']}\t{int(r['label'] == 'positive')}\n" for r in rows))
-    output = tmp_path / "bench"
-    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), f"--backbone={tiny_backbone('bert')}",
-               f"--train-file={tmp_path / 'train.tsv'}", f"--validation-file={tmp_path / 'dev.tsv'}",
-               "--methods", "PromptTuning", "PTuningV2", "--peft", "--steps=5", "--batch-size=8", "--virtual-tokens=2",
-               "--seeds", "0", f"--output={output}"]
+    return f"--train-file={folder / 'train.tsv'}", f"--validation-file={folder / 'dev.tsv'}"
+
+
+def run_benchmark(backbone: str, files: tuple[str, str], output, *options: str) -> dict:
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), f"--backbone={backbone}", *files, *options,
+               "--peft", "--steps=5", "--batch-size=8", "--virtual-tokens=2", "--seeds", "0", "--forward-batches=2",
+               f"--output={output}"]
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads((output / "results.json").read_text())
+    for row in result["summary"]:
+        assert row["median_step_ms"] > 0 and row["tokens_per_s"] > 0 and row["peak_mem_mb"] >= 0
+        assert row["step_over_forward"] > 0  # a no-grad forward over the last training batches was timed
+        assert 0 <= row["metric_mean"] <= 1 and row["metric_name"] == "val/accuracy" and row["seeds"] == [0]
+        assert 0 < row["exported_bytes"] <= 4 * row["trainable_params"] + 16 * 1024
+    for run in result["runs"]:
+        assert run["median_forward_ms"] > 0
+    return result
+
+
+def test_method_comparison_benchmark_smoke(tiny_backbone, tmp_path):
+    output = tmp_path / "bench"
+    result = run_benchmark(tiny_backbone("bert"), sst2_like_files(tmp_path), output, "--methods", "PromptTuning", "PTuningV2")
     hidden, layers, head = 32, 2, 32 * 2 + 2
     summary = {(r["impl"], r["method"]): r for r in result["summary"]}
     assert set(summary) == {("lit_prompts", "PromptTuning"), ("peft", "PromptTuning"), ("lit_prompts", "PTuningV2")}
     assert len(result["runs"]) == 3
-    for row in summary.values():
-        assert row["median_step_ms"] > 0 and row["tokens_per_s"] > 0 and row["peak_mem_mb"] >= 0
-        assert 0 <= row["metric_mean"] <= 1 and row["metric_name"] == "val/accuracy" and row["seeds"] == [0]
-        assert 0 < row["exported_bytes"] <= 4 * row["trainable_params"] + 16 * 1024
     assert summary["lit_prompts", "PromptTuning"]["trainable_params"] == 2 * hidden + head
     assert summary["lit_prompts", "PTuningV2"]["trainable_params"] == layers * 2 * hidden + head
     assert summary["peft", "PromptTuning"]["trainable_params"] == 2 * hidden + head  # PEFT's prompt + classifier
@@ -82,3 +93,13 @@ def test_method_comparison_benchmark_smoke(tiny_backbone, tmp_path):
     report = (output / "results.md").read_text()
     assert report.startswith("`python scripts/benchmark.py") and "| PTuningV2 | lit_prompts |" in report
     assert (output / "metric_vs_params.png").stat().st_size > 0 and (output / "step_time.png").stat().st_size > 0
+
+
+def test_method_comparison_benchmark_text_to_text_on_a_decoder(tiny_backbone, tmp_path):
+    """The decoder preset: lit_prompts' and PEFT's prefix tuning (PEFT's causal-LM model, scored by
+    the same rank classification over the label words)."""
+    result = run_benchmark(tiny_backbone("llama"), sst2_like_files(tmp_path), tmp_path / "bench",
+                           "--task=sst2_text_to_text", "--methods", "PrefixTuning")
+    summary = {(r["impl"], r["method"]): r for r in result["summary"]}
+    assert set(summary) == {("lit_prompts", "PrefixTuning"), ("peft", "PrefixTuning")}
+    assert "PrefixTuning: step time lit_prompts / PEFT" in result["ratios"]

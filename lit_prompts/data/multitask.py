@@ -16,13 +16,13 @@ tasks mixed: a batch holds one sub-batch per task (``task_batches``) and where i
 
 from __future__ import annotations
 
-import contextvars
 import os
 import random
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..loading import build_outside_cli
 from .collate import ListDataset
 from .datamodule import PromptDataModule
 from .sources import RawSplit, _read_files
@@ -130,10 +130,7 @@ class MultiTaskDataModule(LightningDataModule):
             clashes = {"backbone", "batch_size", "eval_batch_size"} & set(spec)
             if clashes:
                 raise ValueError(f"data.init_args.tasks.{name}: {sorted(clashes)} are set once for all tasks")
-            # Built in a fresh context: LightningCLI hands the hyperparameters it parsed to every
-            # save_hyperparameters() call inside this one's instantiation through a context variable,
-            # which would give each task module this module's arguments instead of its own.
-            self.modules[name] = contextvars.Context().run(
+            self.modules[name] = build_outside_cli(
                 PromptDataModule, backbone=backbone, batch_size=batch_size, eval_batch_size=eval_batch_size, **spec
             )
         self.task_names = list(self.modules)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..prefix_injection import PrefixInjector
 from ..tasks import get_task
@@ -265,11 +266,12 @@ class MultiTaskPromptTuning(PromptMethod):
     # --- DDP: a step of one task leaves the other tasks' tensors unused -----------------------------
     uses_parameters_per_task = True
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        strategy = self.trainer.strategy if self.trainer is not None else None
-        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if ddp_kwargs is not None and self.trainer.world_size > 1 and not ddp_kwargs.get("find_unused_parameters"):
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # By now the strategy has wrapped the module; a DDP wrapper that does not look for unused
+        # parameters would wait forever for the gradients of the tasks a batch does not hold.
+        wrapper = self.trainer.strategy.model
+        if isinstance(wrapper, DistributedDataParallel) and not wrapper.find_unused_parameters:
             raise ValueError(
                 "MultiTaskPromptTuning trains per-task tensors that a batch of another task leaves unused: use "
                 "trainer.strategy 'ddp_find_unused_parameters_true' (the CLI picks it for strategy 'ddp')"
