@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -209,12 +210,15 @@ def run_logged(command: list[str], folder: Path, title: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH")]))}
     print(f"[{time.strftime('%H:%M:%S')}] {title}", flush=True)
-    with open(folder / "log.txt", "w") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        for line in proc.stdout:
-            if line.startswith(("PROGRESS", "UNSUPPORTED")):
-                print("    " + line.strip(), flush=True)
-            log.write(line)
+    with open(folder / "log.txt", "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
+        try:
+            for line in proc.stdout:
+                if line.startswith(("PROGRESS", "UNSUPPORTED")):
+                    print("    " + line.strip(), flush=True)
+                log.write(line)
+        finally:  # a benchmark stopped (Ctrl-C, SIGTERM from a time limit) stops its run too
+            if proc.poll() is None:
+                proc.kill()
         if proc.wait() != 0:
             log.flush()
             tail = (folder / "log.txt").read_text()[-3000:]
@@ -529,6 +533,7 @@ def param_table(args) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the running child is stopped
     args = parse_args()
     if args.peft_run:
         return peft_worker(args)
