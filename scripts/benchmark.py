@@ -17,6 +17,7 @@ scores it with the same metric code. Every run is its own process (its own peak 
 from __future__ import annotations
 
 import argparse
+import collections
 import inspect
 import json
 import os
@@ -52,7 +53,8 @@ TASKS = {
     "conll2003": {"task": "ner", "task_format": "token", "max_length": 128},
     "squad": {"task": "qa", "task_format": "span", "max_length": 256, "stride": 96},
 }
-FILES = {"sst2": ("sst2/train.tsv", "sst2/dev.tsv"), "sst2_text_to_text": ("sst2/train.tsv", "sst2/dev.tsv"), "conll2003": ("conll2003/train.txt", "conll2003/valid.txt")}
+SST2_FILES = ("sst2/train.tsv", "sst2/dev.tsv")
+FILES = {"sst2": SST2_FILES, "sst2_text_to_text": SST2_FILES, "conll2003": ("conll2003/train.txt", "conll2003/valid.txt")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,8 +113,9 @@ class StepStats(Callback):
 
     def __init__(self, output: str, progress_every: int = 25, forward_batches: int = 10):
         super().__init__()
-        self.output, self.every, self.forward_batches = output, progress_every, forward_batches
-        self.times, self.tokens, self.last_batches = [], [], []
+        self.output, self.every = output, progress_every
+        self.times, self.tokens = [], []
+        self.last_batches = collections.deque(maxlen=forward_batches)
 
     def on_train_start(self, trainer, pl_module):
         self.memory = PeakMemory(pl_module.device)
@@ -125,7 +128,7 @@ class StepStats(Callback):
         sync(pl_module.device)
         self.times.append(time.perf_counter() - self.start)
         self.tokens.append(int(batch["attention_mask"].sum()))
-        self.last_batches = (self.last_batches + [batch])[-self.forward_batches:]
+        self.last_batches.append(batch)
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:
             print(f"PROGRESS step {step}/{trainer.max_steps} loss {float(outputs['loss']):.4f}", flush=True)
@@ -133,7 +136,7 @@ class StepStats(Callback):
     def on_train_end(self, trainer, pl_module):
         self.peak_mem_mb = self.memory.peak_growth_mb()
         with trainer.precision_plugin.forward_context():  # autocast as in the step
-            self.forward_times = forward_times(pl_module.training_loss, self.last_batches, pl_module.device)
+            self.forward_times = forward_times(pl_module.training_loss, list(self.last_batches), pl_module.device)
 
     def on_fit_end(self, trainer, pl_module):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -281,8 +284,12 @@ def peft_worker(args) -> None:
         model.get_base_model().eval()  # like lit_prompts' default backbone_dropout=False
         batches = batches_of(data.train_dataloader(), args.steps, device)
         labels_key = {"head": "label", "token": "labels", "text_to_text": "target_ids"}[task_format]
+
+        def loss_of(batch: dict):
+            return model(**inputs_of(batch), labels=batch[labels_key]).loss
+
         with torch.no_grad():
-            model(**inputs_of(batches[0]), labels=batches[0][labels_key])
+            loss_of(batches[0])
     except Exception as error:  # noqa: BLE001 — a combination PEFT cannot do is a finding
         print(f"UNSUPPORTED {type(error).__name__}: {str(error)[:300]}", flush=True)
         Path(spec["result"]).write_text(json.dumps({**result, "unsupported": f"{type(error).__name__}: {str(error)[:300]}"}))
@@ -296,7 +303,7 @@ def peft_worker(args) -> None:
         sync(device)
         start = time.perf_counter()
         with autocast:
-            loss = model(**inputs_of(batch), labels=batch[labels_key]).loss
+            loss = loss_of(batch)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -308,7 +315,7 @@ def peft_worker(args) -> None:
             print(f"PROGRESS step {step}/{args.steps} loss {float(loss):.4f}", flush=True)
     peak = memory.peak_growth_mb()
     with autocast:
-        forward = forward_times(lambda b: model(**inputs_of(b), labels=b[labels_key]).loss, batches[-args.forward_batches:], device)
+        forward = forward_times(loss_of, batches[len(batches) - args.forward_batches:], device)
     task = get_task(TASKS[args.task]["task"], task_format)
     metrics = task.metrics(data.label_names).clone(prefix="val/").to(device)
     model.eval()
