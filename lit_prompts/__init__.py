@@ -14,6 +14,9 @@ from .methods import (
     PTuning,
     PTuningV2,
 )
+from .process_group import destroy_process_group_at_exit
+
+destroy_process_group_at_exit()
 
 __all__ = [
     "DeepPromptMethod",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import subprocess
+import sys
 import textwrap
 
 import torch
@@ -46,6 +48,24 @@ def test_resumed_run_ends_with_the_same_prompt(tiny_backbone, reviews, tmp_path)
     assert not torch.equal(whole["prompt"], first["prompt"]), "the prompt trained after the resume point"
     for key in whole:
         assert torch.equal(whole[key], again[key]), key
+
+
+def test_a_gloo_process_group_is_destroyed_before_exit(tmp_path):
+    # Left to interpreter shutdown, a Gloo group sometimes aborts the process after a finished fit.
+    # The check is registered before lit_prompts is imported, so it runs after lit_prompts' handler.
+    script = textwrap.dedent(
+        f"""
+        import atexit
+        import torch.distributed as dist
+        atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
+        import lit_prompts
+        dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+        print("initialized:", dist.is_initialized())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["initialized: True", "initialized at exit: False"]
 
 
 def test_ddp_spawn_two_processes(tiny_backbone, reviews, tmp_path):
