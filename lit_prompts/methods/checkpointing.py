@@ -53,6 +53,11 @@ class PromptCheckpointing:
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")
+        # The frozen backbone, left out on purpose, is already loaded from its name: hand its own
+        # tensors back (copying a tensor onto itself is free) so that loading finds nothing missing,
+        # instead of ``load_from_checkpoint`` warning with the name of every backbone weight.
+        for name, tensor in self.state_dict().items():
+            checkpoint["state_dict"].setdefault(name, tensor)
         rng = meta.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
