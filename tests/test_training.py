@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import torch
 from conftest import data_files_arg, run_cli
@@ -159,7 +160,11 @@ def test_training_modes_under_the_cli(tiny_backbone, reviews, tmp_path, monkeypa
         seen.clear(), checkpointed.clear()
         args = prompt_args(tiny_backbone("bert"), reviews, "--trainer.max_epochs=2", f"--model.backbone_dropout={dropout}",
                            "--model.gradient_checkpointing=true")
-        run_cli("fit", *args, root=tmp_path / str(dropout))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_cli("fit", *args, root=tmp_path / str(dropout))
+        # The backbone's eval mode is deliberate: Lightning's warning about it is not shown.
+        assert not [w for w in caught if "in eval mode" in str(w.message)]
         # Every step of both epochs (the second comes after a validation pass, which must restore the modes).
         assert seen == [(True, dropout, True)] * 8
         assert len(checkpointed) == 8 * 2  # two BERT layers per step

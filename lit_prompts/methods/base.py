@@ -8,6 +8,7 @@ and export.
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property, partial
 
 import torch
@@ -388,3 +389,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         )
         if self.logger is not None:
             self.logger.log_metrics(report, step=0)
+        if not self.hparams.backbone_dropout:
+            # The frozen backbone runs in eval mode on purpose (no dropout); Lightning's warning about
+            # modules in eval mode at the start of training would only alarm on every run.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
