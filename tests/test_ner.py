@@ -198,3 +198,22 @@ def test_hub_layout_with_classlabel_tags(tiny_backbone, ner_files, tmp_path):
     assert dm.label_names == names  # the hub's own order, ids kept
     dm.setup("fit")
     assert dm.datasets["train"].features[0]["tags"] == data["ner_tags"][0]
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "t5"))
+def test_overlong_text_to_text_sentences_keep_the_template_and_targets_name_only_visible_words(arch, tiny_backbone, tmp_path):
+    words = ["Mary", "Smith", "visited", "Berlin"] + ["and", "then", "the", "market"] * 10 + ["in", "Paris"]
+    tags = ["B-PER", "I-PER", "O", "B-LOC"] + ["O"] * 40 + ["O", "B-LOC"]
+    path = write_conll(tmp_path / "train.conll", [(words, tags), (words[:4], tags[:4])])
+    dm = PromptDataModule(backbone=tiny_backbone(arch), task="ner", task_format="text_to_text",
+                          data_files={"train": str(path)}, max_length=48)
+    with pytest.warns(UserWarning, match="1 of 2 examples were longer than max_length=48"):
+        dm.setup("fit")
+    decode = lambda ids: dm.tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
+    long, short = dm.datasets["train"].features
+    assert len(long["input_ids"]) <= 48 and decode(long["input_ids"]).endswith("Entities:")
+    # Paris fell past the cut: the target names the entities the input still shows; the gold tags
+    # that evaluation scores against stay whole.
+    assert "paris" not in decode(long["input_ids"]).lower()
+    assert decode(long["target_ids"]) == decode(short["target_ids"]) == decode(dm.tokenizer(" Mary Smith [PER]; Berlin [LOC]").input_ids)
+    assert long["tags"] == [dm.label_names.index(t) for t in tags]

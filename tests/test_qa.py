@@ -145,3 +145,23 @@ def test_hub_layout_rows(tiny_backbone, squad_files, tmp_path):
     hub.setup("fit")
     local = qa_data(tiny_backbone, "bert", {"train": squad_files["validation"], "validation": squad_files["validation"]})
     assert hub.datasets["validation"].features == local.datasets["validation"].features
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "t5"))
+def test_overlong_text_to_text_contexts_lose_their_end_and_training_keeps_the_answer(arch, tiny_backbone, squad_files):
+    # The same questions as training and as validation data: cut for training, and cut blind.
+    files = {"train": squad_files["train"], "validation": squad_files["train"]}
+    dm = PromptDataModule(backbone=tiny_backbone(arch), task="qa", task_format="text_to_text", data_files=files,
+                          max_length=96, batch_size=4)
+    with pytest.warns(UserWarning, match="were truncated"):
+        dm.setup("fit")
+    decode = lambda ids: dm.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    train, blind = dm.datasets["train"].features, dm.datasets["validation"].features
+    for features in (train, blind):
+        assert all(len(f["input_ids"]) <= 96 for f in features)
+        # The question and the template's closing cue survive every cut; the context pays.
+        sources = [decode(f["input_ids"]) for f in features]
+        assert all(s.startswith("Question:") and s.endswith("Answer:") for s in sources), sources
+    answers = [decode(f["target_ids"]).strip() for f in train]
+    assert sum(a not in decode(f["input_ids"]) for a, f in zip(answers, blind)) > 0, "some answers lie past the cut"
+    assert all(a in decode(f["input_ids"]) for a, f in zip(answers, train)), "training inputs hold their answer"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from functools import partial
 
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from .sources import RawSplit
-from .templates import count_virtual_tokens, expand_markers, placeholder, virtual_index
+from .templates import count_virtual_tokens, expand_markers, fit_to_length, placeholder, virtual_index
 
 DEFAULT_TEMPLATES = {
     "cloze": "{text} Label: {mask}.",
@@ -149,8 +150,7 @@ class ClassificationEncoder:
         for i, ids in enumerate(all_ids):
             if len(ids) > budget:
                 truncated += 1
-                shorter = self._shorten(text[i], len(ids) - budget)
-                ids = self.tokenizer(render(i, shorter)).input_ids[:budget]
+                ids, _ = fit_to_length(self.tokenizer, partial(render, i), text[i], budget)
             feature = {"input_ids": ids}
             if self.virtual_tokens:
                 feature["virtual_index"] = virtual_index(ids, self.placeholder_id, self.virtual_tokens, f"example {i}")
@@ -174,11 +174,6 @@ class ClassificationEncoder:
             else:
                 features.append({k: enc[k][i] for k in keys})
         return features, truncated
-
-    def _shorten(self, text: str, excess_tokens: int) -> str:
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        keep = max(len(offsets) - excess_tokens, 1)
-        return text[: offsets[keep - 1][1]]
 
 
 def warn_truncated(source: str, truncated: int, total: int, max_length: int) -> None:

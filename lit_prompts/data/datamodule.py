@@ -137,7 +137,7 @@ class PromptDataModule(LightningDataModule):
     def encoder(self) -> ClassificationEncoder | NerEncoder | QaEncoder:
         h = self.hparams
         if h.task == "qa":
-            if h.stride >= h.max_length // 2:
+            if h.task_format == "span" and h.stride >= h.max_length // 2:  # windows overlap by stride
                 raise ValueError(f"data.init_args.stride={h.stride} must be below half of max_length={h.max_length}")
             return QaEncoder(self.tokenizer, h.task_format, self.facts.is_encoder_decoder, h.template, h.max_length, h.stride)
         if h.task == "ner":
@@ -216,7 +216,7 @@ class PromptDataModule(LightningDataModule):
                    "id": h.id_column or "id"}
         examples = read_questions(split, columns, labelled=stage != "predict")
         if h.task_format == "text_to_text":
-            features, truncated = self.encoder.text_features(examples)
+            features, truncated = self.encoder.text_features(examples, around_answer=stage == "train")
             warn_truncated(split.source, truncated, len(examples), h.max_length)
             for feature, e in zip(features, examples):
                 feature.update(id=e.id, answers=e.answers, starts=e.starts, context=e.context)

@@ -9,11 +9,14 @@ text_to_text  template -> source; target = the entities linearised (``EU [ORG]; 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
 from transformers import PreTrainedTokenizerBase
 
 from .sources import RawSplit
+from .templates import fit_to_length
 
 NO_ENTITIES = "none"
 DEFAULT_NER_TEMPLATE = "Sentence: {text}\nEntities:"
@@ -161,13 +164,16 @@ class NerEncoder:
         template = self.template or DEFAULT_NER_TEMPLATE
         features, truncated = [], 0
         for words, row_tags in zip(sentences, tags):
-            ids = self.tokenizer(template.format(text=" ".join(words))).input_ids
-            if len(ids) > self.max_length:
-                truncated += 1
-                ids = ids[: self.max_length]
+            sentence = " ".join(words)
+            ids, kept_chars = fit_to_length(self.tokenizer, lambda text: template.format(text=text), sentence, self.max_length)
+            truncated += kept_chars < len(sentence)
+            # The target names the entities of the words the input still holds; evaluation keeps
+            # scoring against every word's tag.
+            word_ends = list(accumulate(len(w) + 1 for w in words))  # word i ends before word_ends[i] - 1
+            visible = bisect_right(word_ends, kept_chars + 1)  # how many words are kept whole
             feature = {"input_ids": ids, "tokens": words, "tags": row_tags}
             if row_tags is not None:
-                target = " " + linearize(words, [self.tag_names[t] for t in row_tags])
+                target = " " + linearize(words[:visible], [self.tag_names[t] for t in row_tags[:visible]])
                 feature["target_ids"] = self.target_ids(target)
             features.append(feature)
         return features, truncated

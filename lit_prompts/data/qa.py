@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .collate import _pad
 from .sources import RawSplit
+from .templates import fit_to_length
 
 DEFAULT_QA_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer:"
 SPAN_LABELS = ["start", "end"]  # the span head scores each token as these two
@@ -114,14 +115,21 @@ class QaEncoder:
             out[example_index].append(window)
         return out
 
-    def text_features(self, examples: list[QaExample]) -> tuple[list[dict], int]:
+    def text_features(self, examples: list[QaExample], around_answer: bool = False) -> tuple[list[dict], int]:
+        """Template ids (only the context shortened when over-long) and the first answer as target.
+        ``around_answer`` (training): a context whose cut would lose the answer is cut to a window
+        with the answer in its middle instead, so that no target asks for text the input lacks."""
         template = self.template or DEFAULT_QA_TEMPLATE
         features, truncated = [], 0
         for e in examples:
-            ids = self.tokenizer(template.format(question=e.question, context=e.context)).input_ids
-            if len(ids) > self.max_length:
-                truncated += 1
-                ids = ids[: self.max_length]
+            render = lambda context, e=e: template.format(question=e.question, context=context)  # noqa: E731
+            ids, kept_chars = fit_to_length(self.tokenizer, render, e.context, self.max_length)
+            truncated += kept_chars < len(e.context)
+            if around_answer and e.answers and e.starts[0] + len(e.answers[0]) > kept_chars:
+                start = max(0, e.starts[0] + len(e.answers[0]) // 2 - kept_chars // 2)
+                if start and not e.context[start - 1].isspace():  # begin at a word
+                    start = min(e.context.find(" ", start) + 1 or start, e.starts[0])
+                ids, _ = fit_to_length(self.tokenizer, render, e.context[start:], self.max_length)
             feature = {"input_ids": ids}
             if e.answers:
                 target = " " + e.answers[0]

@@ -9,6 +9,7 @@ positions 0..P-1 in order (-1 for real tokens), and the method puts prompt vecto
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from transformers import PreTrainedTokenizerBase
 
@@ -46,3 +47,20 @@ def virtual_index(ids: list[int], placeholder_id: int, expected: int, where: str
     for k, position in enumerate(positions):
         index[position] = k
     return index
+
+
+def fit_to_length(tokenizer: PreTrainedTokenizerBase, render: Callable[[str], str], text: str, budget: int) -> tuple[list[int], int]:
+    """Token ids of ``render(text)`` within ``budget`` tokens, and how many characters of ``text`` they
+    hold. An over-long input loses the end of ``text``, never the template around it: a template's
+    closing cue (``Answer:``, ``Entities:``) is what a text-to-text model answers after."""
+    ids = tokenizer(render(text)).input_ids
+    if len(ids) <= budget:
+        return ids, len(text)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    keep, kept_chars = len(offsets), len(text)
+    # Tokens do not add up exactly across the cut (merges at its edges): cut again until it fits.
+    while len(ids) > budget and keep > 1:
+        keep = max(keep - (len(ids) - budget), 1)
+        kept_chars = offsets[keep - 1][1]
+        ids = tokenizer(render(text[:kept_chars])).input_ids
+    return ids[:budget], kept_chars  # the template alone longer than budget: cut it too
