@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -160,11 +162,40 @@ def load_backbone(
     key = (str(Path(path).resolve()) if Path(path).exists() else path, auto.__name__, dtype, attn_implementation)
     if shared is not None and key in shared:
         return shared[key]
-    model = auto.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+    with _without_load_report():
+        model, loading = auto.from_pretrained(path, dtype=DTYPES[dtype], output_loading_info=True, **kwargs)
+    if loading["missing_keys"]:
+        missing = sorted(loading["missing_keys"])
+        rank_zero_warn(
+            f"backbone {name!r} ({type(model).__name__}, task_format={task_format!r}): {len(missing)} weights are "
+            f"not in its checkpoint and keep random values, frozen: {', '.join(missing[:6])}"
+            f"{', ...' if len(missing) > 6 else ''}. Use a checkpoint that has them"
+            + (" (a masked-LM checkpoint for cloze)" if task_format == "cloze" else "")
+        )
     model.requires_grad_(False)
     if shared is not None:
         shared[key] = model
     return model
+
+
+class _LoadReportFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        fatal = "MISMATCH" in message or "CONVERSION" in message  # transformers raises after these
+        return fatal or not ("LOAD REPORT" in message or "seem corrupted" in message)
+
+
+@contextmanager
+def _without_load_report():
+    """transformers logs a table of every checkpoint weight the model does not use (the pooler we
+    drop, a masked LM's head under a bare encoder) and of every weight it initialised. Only the
+    latter matters for a frozen backbone; ``load_backbone`` says so itself, in one line."""
+    logger, report_filter = logging.getLogger("transformers.modeling_utils"), _LoadReportFilter()
+    logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report_filter)
 
 
 def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import datasets
 import pytest
@@ -10,7 +12,7 @@ import torch
 from conftest import data_files_arg, review_rows, run_cli, write_jsonl
 
 from lit_prompts import PromptDataModule
-from lit_prompts.backbone import ArchitectureFacts, load_config
+from lit_prompts.backbone import ArchitectureFacts, load_backbone, load_config
 
 EXPECTED_FACTS = {  # (hidden, layers, heads, kv heads, encoder-decoder, decoder-only)
     "bert": (32, 2, 4, 4, False, False),
@@ -30,6 +32,27 @@ def test_architecture_facts(arch, tiny_backbone):
            facts.is_encoder_decoder, facts.is_decoder_only)
     assert got == EXPECTED_FACTS[arch]
     assert facts.head_dim == 8
+
+
+def test_backbone_weights_missing_from_the_checkpoint_are_named_and_unused_ones_are_quiet(tiny_backbone, tmp_path):
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    transformers_logger.addHandler(handler)
+    try:
+        # The tiny BERT is saved as a masked LM: its head goes unused under a bare encoder, quietly.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_backbone(tiny_backbone("bert"), "head")
+        assert not [w for w in caught if "not in its checkpoint" in str(w.message)]
+        # A bare encoder's checkpoint lacks the masked-LM head that cloze needs: named, in one warning.
+        load_backbone(tiny_backbone("bert"), "head").save_pretrained(tmp_path / "bare")
+        with pytest.warns(UserWarning, match=r"'cloze'\): 6 weights are not in its checkpoint .*cls\.predictions\.bias.*masked-LM"):
+            load_backbone(str(tmp_path / "bare"), "cloze")
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [m for m in logged if "LOAD REPORT" in m], "transformers' table is replaced by the warning"
 
 
 def test_optimizer_and_schedule_from_yaml_see_only_trainable_tensors(tiny_backbone, reviews, tmp_path):
