@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from functools import partial
 
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from .sources import RawSplit
-from .templates import count_virtual_tokens, expand_markers, fit_to_length, placeholder, virtual_index
+from .templates import count_virtual_tokens, expand_markers, fit_to_length, placeholder, target_ids, virtual_index
 
 DEFAULT_TEMPLATES = {
     "cloze": "{text} Label: {mask}.",
@@ -110,15 +109,8 @@ class ClassificationEncoder:
     # --- targets -----------------------------------------------------------------------------
     def class_target_ids(self) -> list[list[int]]:
         """Token ids of each label's target sequence (text-to-text), ending with EOS."""
-        targets = []
-        for word in self.label_words:
-            text = self.target_template.format(label=word)
-            if self.is_encoder_decoder:
-                ids = self.tokenizer(text).input_ids  # T5 appends </s> itself
-            else:
-                ids = self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-            targets.append(ids)
-        return targets
+        texts = [self.target_template.format(label=word) for word in self.label_words]
+        return target_ids(self.tokenizer, self.is_encoder_decoder, texts)
 
     def verbalizer_token_ids(self) -> list[int]:
         """One vocabulary id per label word (cloze); multi-piece words are rejected by name."""
@@ -144,13 +136,9 @@ class ClassificationEncoder:
             budget -= max(len(t) for t in self.class_target_ids())  # source and target share the window
         mask = {"mask": self.tokenizer.mask_token} if self.task_format == "cloze" else {}
         render = lambda i, t: self.template.format(text=t, text_pair=pair[i] if pair else None, **mask)  # noqa: E731
-        # One batched call for all rows; only the over-long ones are shortened and re-tokenized.
-        all_ids = self.tokenizer([render(i, t) for i, t in enumerate(text)]).input_ids
         features, truncated = [], 0
-        for i, ids in enumerate(all_ids):
-            if len(ids) > budget:
-                truncated += 1
-                ids, _ = fit_to_length(self.tokenizer, partial(render, i), text[i], budget)
+        for i, (ids, kept_chars) in enumerate(fit_to_length(self.tokenizer, render, text, budget)):
+            truncated += kept_chars < len(text[i])
             feature = {"input_ids": ids}
             if self.virtual_tokens:
                 feature["virtual_index"] = virtual_index(ids, self.placeholder_id, self.virtual_tokens, f"example {i}")

@@ -16,7 +16,7 @@ from itertools import accumulate
 from transformers import PreTrainedTokenizerBase
 
 from .sources import RawSplit
-from .templates import fit_to_length
+from .templates import fit_to_length, target_ids
 
 NO_ENTITIES = "none"
 DEFAULT_NER_TEMPLATE = "Sentence: {text}\nEntities:"
@@ -162,23 +162,19 @@ class NerEncoder:
 
     def _encode_text(self, sentences, tags) -> tuple[list[dict], int]:
         template = self.template or DEFAULT_NER_TEMPLATE
-        features, truncated = [], 0
-        for words, row_tags in zip(sentences, tags):
-            sentence = " ".join(words)
-            ids, kept_chars = fit_to_length(self.tokenizer, lambda text: template.format(text=text), sentence, self.max_length)
-            truncated += kept_chars < len(sentence)
-            # The target names the entities of the words the input still holds; evaluation keeps
-            # scoring against every word's tag.
-            word_ends = list(accumulate(len(w) + 1 for w in words))  # word i ends before word_ends[i] - 1
-            visible = bisect_right(word_ends, kept_chars + 1)  # how many words are kept whole
-            feature = {"input_ids": ids, "tokens": words, "tags": row_tags}
+        fitted = fit_to_length(self.tokenizer, lambda i, text: template.format(text=text),
+                               [" ".join(words) for words in sentences], self.max_length)
+        features, targets, truncated = [], [], 0
+        for words, row_tags, (ids, kept_chars) in zip(sentences, tags, fitted):
+            truncated += kept_chars < len(" ".join(words))
+            features.append({"input_ids": ids, "tokens": words, "tags": row_tags})
             if row_tags is not None:
-                target = " " + linearize(words[:visible], [self.tag_names[t] for t in row_tags[:visible]])
-                feature["target_ids"] = self.target_ids(target)
-            features.append(feature)
+                # The target names the entities of the words the input still holds; evaluation
+                # keeps scoring against every word's tag.
+                word_ends = list(accumulate(len(w) + 1 for w in words))  # word i ends before word_ends[i] - 1
+                visible = bisect_right(word_ends, kept_chars + 1)  # how many words are kept whole
+                targets.append(" " + linearize(words[:visible], [self.tag_names[t] for t in row_tags[:visible]]))
+        labelled = [f for f in features if f["tags"] is not None]
+        for feature, ids in zip(labelled, target_ids(self.tokenizer, self.is_encoder_decoder, targets) if targets else []):
+            feature["target_ids"] = ids
         return features, truncated
-
-    def target_ids(self, text: str) -> list[int]:
-        if self.is_encoder_decoder:
-            return self.tokenizer(text).input_ids  # T5 appends </s> itself
-        return self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .collate import _pad
 from .sources import RawSplit
-from .templates import fit_to_length
+from .templates import fit_to_length, target_ids
 
 DEFAULT_QA_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer:"
 SPAN_LABELS = ["start", "end"]  # the span head scores each token as these two
@@ -120,25 +120,28 @@ class QaEncoder:
         ``around_answer`` (training): a context whose cut would lose the answer is cut to a window
         with the answer in its middle instead, so that no target asks for text the input lacks."""
         template = self.template or DEFAULT_QA_TEMPLATE
-        features, truncated = [], 0
-        for e in examples:
-            render = lambda context, e=e: template.format(question=e.question, context=context)  # noqa: E731
-            ids, kept_chars = fit_to_length(self.tokenizer, render, e.context, self.max_length)
-            truncated += kept_chars < len(e.context)
-            if around_answer and e.answers and e.starts[0] + len(e.answers[0]) > kept_chars:
-                start = max(0, e.starts[0] + len(e.answers[0]) // 2 - kept_chars // 2)
-                if start and not e.context[start - 1].isspace():  # begin at a word
-                    start = min(e.context.find(" ", start) + 1 or start, e.starts[0])
-                ids, _ = fit_to_length(self.tokenizer, render, e.context[start:], self.max_length)
-            feature = {"input_ids": ids}
-            if e.answers:
-                target = " " + e.answers[0]
-                feature["target_ids"] = (
-                    self.tokenizer(target).input_ids if self.is_encoder_decoder
-                    else self.tokenizer(target, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-                )
-            features.append(feature)
+        render = lambda i, context: template.format(question=examples[i].question, context=context)  # noqa: E731
+        fitted = fit_to_length(self.tokenizer, render, [e.context for e in examples], self.max_length)
+        truncated = sum(kept_chars < len(e.context) for e, (_, kept_chars) in zip(examples, fitted))
+        if around_answer:
+            moved = [i for i, (e, (_, kept_chars)) in enumerate(zip(examples, fitted))
+                     if e.answers and e.starts[0] + len(e.answers[0]) > kept_chars]
+            windows = [examples[i].context[window_start(examples[i], fitted[i][1]):] for i in moved]
+            for i, refitted in zip(moved, fit_to_length(self.tokenizer, lambda j, c: render(moved[j], c), windows, self.max_length)):
+                fitted[i] = refitted
+        answered = [e for e in examples if e.answers]
+        targets = iter(target_ids(self.tokenizer, self.is_encoder_decoder, [" " + e.answers[0] for e in answered]) if answered else [])
+        features = [{"input_ids": ids, **({"target_ids": next(targets)} if e.answers else {})}
+                    for e, (ids, _) in zip(examples, fitted)]
         return features, truncated
+
+def window_start(example: QaExample, kept_chars: int) -> int:
+    """Where a context of about ``kept_chars`` characters starts so that the first answer sits in
+    its middle, at a word's beginning."""
+    start = max(0, example.starts[0] + len(example.answers[0]) // 2 - kept_chars // 2)
+    if start and not example.context[start - 1].isspace():
+        start = min(example.context.find(" ", start) + 1 or start, example.starts[0])
+    return start
 
 
 def _answer_tokens(offsets: list, start_char: int, length: int) -> tuple[int, int]:

@@ -49,13 +49,22 @@ def virtual_index(ids: list[int], placeholder_id: int, expected: int, where: str
     return index
 
 
-def fit_to_length(tokenizer: PreTrainedTokenizerBase, render: Callable[[str], str], text: str, budget: int) -> tuple[list[int], int]:
-    """Token ids of ``render(text)`` within ``budget`` tokens, and how many characters of ``text`` they
-    hold. An over-long input loses the end of ``text``, never the template around it: a template's
-    closing cue (``Answer:``, ``Entities:``) is what a text-to-text model answers after."""
-    ids = tokenizer(render(text)).input_ids
-    if len(ids) <= budget:
-        return ids, len(text)
+def fit_to_length(
+    tokenizer: PreTrainedTokenizerBase, render: Callable[[int, str], str], texts: list[str], budget: int
+) -> list[tuple[list[int], int]]:
+    """Per text i: the token ids of ``render(i, text)`` within ``budget`` tokens, and how many characters
+    of the text they hold. An over-long input loses the end of its text, never the template around
+    it: a template's closing cue (``Label:``, ``Entities:``, ``Answer:``) is what a text-to-text model
+    answers after."""
+    # One batched call for all rows; only the over-long ones are shortened and tokenized again.
+    whole = tokenizer([render(i, text) for i, text in enumerate(texts)]).input_ids
+    return [
+        (ids, len(text)) if len(ids) <= budget else _shorten(tokenizer, lambda t, i=i: render(i, t), text, ids, budget)
+        for i, (text, ids) in enumerate(zip(texts, whole))
+    ]
+
+
+def _shorten(tokenizer, render: Callable[[str], str], text: str, ids: list[int], budget: int) -> tuple[list[int], int]:
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     keep, kept_chars = len(offsets), len(text)
     # Tokens do not add up exactly across the cut (merges at its edges): cut again until it fits.
@@ -63,4 +72,13 @@ def fit_to_length(tokenizer: PreTrainedTokenizerBase, render: Callable[[str], st
         keep = max(keep - (len(ids) - budget), 1)
         kept_chars = offsets[keep - 1][1]
         ids = tokenizer(render(text[:kept_chars])).input_ids
-    return ids[:budget], kept_chars  # the template alone longer than budget: cut it too
+    if len(ids) > budget:  # the template alone is longer than budget: it is cut too, and no text is whole
+        return ids[:budget], 0
+    return ids, kept_chars
+
+
+def target_ids(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool, texts: list[str]) -> list[list[int]]:
+    """Token ids of text-to-text targets, each ending with EOS (the model learns where to stop)."""
+    if is_encoder_decoder:
+        return tokenizer(texts).input_ids  # T5 appends </s> itself
+    return [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False).input_ids]
