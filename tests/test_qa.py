@@ -4,6 +4,7 @@ windows, SQuAD EM/F1 follow the official normalisation, every method runs throug
 from __future__ import annotations
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -165,3 +166,15 @@ def test_overlong_text_to_text_contexts_lose_their_end_and_training_keeps_the_an
     answers = [decode(f["target_ids"]).strip() for f in train]
     assert sum(a not in decode(f["input_ids"]) for a, f in zip(answers, blind)) > 0, "some answers lie past the cut"
     assert all(a in decode(f["input_ids"]) for a, f in zip(answers, train)), "training inputs hold their answer"
+
+
+def test_text_to_text_inputs_that_fit_are_the_whole_template(tiny_backbone, squad_files):
+    dm = PromptDataModule(backbone=tiny_backbone("gpt2"), task="qa", task_format="text_to_text", data_files=squad_files,
+                          max_length=480, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is truncated, so nothing to warn about
+        dm.setup("fit")
+    examples = [e for a in json.loads(open(squad_files["train"]).read())["data"] for p in a["paragraphs"] for e in
+                [(q["question"], p["context"]) for q in p["qas"]]]
+    rendered = [f"Question: {q}\nContext: {c}\nAnswer:" for q, c in examples]
+    assert [f["input_ids"] for f in dm.datasets["train"].features] == dm.tokenizer(rendered).input_ids

@@ -175,6 +175,6 @@ class NerEncoder:
                 visible = bisect_right(word_ends, kept_chars + 1)  # how many words are kept whole
                 targets.append(" " + linearize(words[:visible], [self.tag_names[t] for t in row_tags[:visible]]))
         labelled = [f for f in features if f["tags"] is not None]
-        for feature, ids in zip(labelled, target_ids(self.tokenizer, self.is_encoder_decoder, targets) if targets else []):
+        for feature, ids in zip(labelled, target_ids(self.tokenizer, self.is_encoder_decoder, targets)):
             feature["target_ids"] = ids
         return features, truncated

@@ -130,7 +130,7 @@ class QaEncoder:
             for i, refitted in zip(moved, fit_to_length(self.tokenizer, lambda j, c: render(moved[j], c), windows, self.max_length)):
                 fitted[i] = refitted
         answered = [e for e in examples if e.answers]
-        targets = iter(target_ids(self.tokenizer, self.is_encoder_decoder, [" " + e.answers[0] for e in answered]) if answered else [])
+        targets = iter(target_ids(self.tokenizer, self.is_encoder_decoder, [" " + e.answers[0] for e in answered]))
         features = [{"input_ids": ids, **({"target_ids": next(targets)} if e.answers else {})}
                     for e, (ids, _) in zip(examples, fitted)]
         return features, truncated

@@ -56,6 +56,8 @@ def fit_to_length(
     of the text they hold. An over-long input loses the end of its text, never the template around
     it: a template's closing cue (``Label:``, ``Entities:``, ``Answer:``) is what a text-to-text model
     answers after."""
+    if not texts:
+        return []  # (a tokenizer refuses an empty batch)
     # One batched call for all rows; only the over-long ones are shortened and tokenized again.
     whole = tokenizer([render(i, text) for i, text in enumerate(texts)]).input_ids
     return [
@@ -79,6 +81,8 @@ def _shorten(tokenizer, render: Callable[[str], str], text: str, ids: list[int],
 
 def target_ids(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool, texts: list[str]) -> list[list[int]]:
     """Token ids of text-to-text targets, each ending with EOS (the model learns where to stop)."""
+    if not texts:
+        return []
     if is_encoder_decoder:
         return tokenizer(texts).input_ids  # T5 appends </s> itself
     return [ids + [tokenizer.eos_token_id] for ids in tokenizer(texts, add_special_tokens=False).input_ids]
