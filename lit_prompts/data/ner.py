@@ -162,11 +162,11 @@ class NerEncoder:
 
     def _encode_text(self, sentences, tags) -> tuple[list[dict], int]:
         template = self.template or DEFAULT_NER_TEMPLATE
-        fitted = fit_to_length(self.tokenizer, lambda i, text: template.format(text=text),
-                               [" ".join(words) for words in sentences], self.max_length)
+        texts = [" ".join(words) for words in sentences]
+        fitted = fit_to_length(self.tokenizer, lambda i, text: template.format(text=text), texts, self.max_length)
         features, targets, truncated = [], [], 0
-        for words, row_tags, (ids, kept_chars) in zip(sentences, tags, fitted):
-            truncated += kept_chars < len(" ".join(words))
+        for words, text, row_tags, (ids, kept_chars) in zip(sentences, texts, tags, fitted):
+            truncated += kept_chars < len(text)
             features.append({"input_ids": ids, "tokens": words, "tags": row_tags})
             if row_tags is not None:
                 # The target names the entities of the words the input still holds; evaluation

@@ -135,6 +135,7 @@ class QaEncoder:
                     for e, (ids, _) in zip(examples, fitted)]
         return features, truncated
 
+
 def window_start(example: QaExample, kept_chars: int) -> int:
     """Where a context of about ``kept_chars`` characters starts so that the first answer sits in
     its middle, at a word's beginning."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 
 from transformers import PreTrainedTokenizerBase
 
@@ -61,7 +62,7 @@ def fit_to_length(
     # One batched call for all rows; only the over-long ones are shortened and tokenized again.
     whole = tokenizer([render(i, text) for i, text in enumerate(texts)]).input_ids
     return [
-        (ids, len(text)) if len(ids) <= budget else _shorten(tokenizer, lambda t, i=i: render(i, t), text, ids, budget)
+        (ids, len(text)) if len(ids) <= budget else _shorten(tokenizer, partial(render, i), text, ids, budget)
         for i, (text, ids) in enumerate(zip(texts, whole))
     ]
 
