@@ -6,9 +6,11 @@ for a model folder shipped inside an installed Python package (resolved without 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import logging
+import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+
+from .prefix_injection import find_self_attention
 
 TASK_FORMATS = ("head", "text_to_text", "cloze", "token", "span")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -102,8 +106,26 @@ def _decoder_only_types() -> set[str]:
 _DECODER_ONLY_TYPES = _decoder_only_types()
 
 
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name``): absolute, relative with ``.``/``~``, or deeper."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def load_config(name: str) -> PretrainedConfig:
-    return AutoConfig.from_pretrained(resolve_path(name))
+    """The backbone's config; a folder that does not exist, or a hub id that cannot be had, is named."""
+    path = resolve_path(name)
+    if looks_like_path(path) and not Path(path).expanduser().is_dir():
+        raise FileNotFoundError(f"backbone folder {name!r} does not exist")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as error:
+        reason = str(error).splitlines()[0]
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"backbone folder {name!r} holds no Hugging Face model: {reason}") from None
+        offline = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise FileNotFoundError(
+            f"backbone {name!r} is neither a local folder nor found on the Hugging Face Hub{offline}: {reason}"
+        ) from None
 
 
 _SHARED: ContextVar[dict | None] = ContextVar("lit_prompts_shared_backbones", default=None)
@@ -135,7 +157,7 @@ def load_backbone(
     if dtype not in DTYPES:
         raise ValueError(f"backbone_dtype={dtype!r} is not one of {sorted(DTYPES)}")
     path = resolve_path(name)
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(name)
     facts = ArchitectureFacts.from_config(config)
     if task_format in ("head", "token", "span"):
         auto = AutoModelForTextEncoding if facts.is_encoder_decoder else AutoModel
@@ -198,6 +220,24 @@ def _without_load_report():
         logger.removeFilter(report_filter)
 
 
+def weights_digest(model: PreTrainedModel, samples_per_tensor: int = 65536) -> str:
+    """A short digest of a backbone's weights that tells two checkpoints of one architecture apart
+    (base vs instruct), computed in milliseconds at any size: an evenly strided sample of the input
+    embeddings and of the first self-attention layer, which every form of the model (bare encoder,
+    LM, masked LM) shares. Values are rounded to bfloat16 first, so the same weights loaded in
+    float32 or bfloat16 give the same digest."""
+    tensors = [model.get_input_embeddings().weight]
+    attention = find_self_attention(model)
+    if attention:
+        tensors += [p for _, p in sorted(attention[0][1].named_parameters())]
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // samples_per_tensor)].to(torch.bfloat16).float().cpu()
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:
     """What must match for a trained prompt to be meaningful on a backbone."""
     facts = ArchitectureFacts.from_config(model.config)
@@ -208,4 +248,5 @@ def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:
         "num_layers": facts.num_layers,
         "vocab_size": int(model.get_input_embeddings().num_embeddings),
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "weights_digest": weights_digest(model),
     }

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
+import sys
+from pathlib import Path
 
+from jsonargparse import Namespace
+from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from .callbacks import BestCheckpoint, ExportPrompt, LatestCheckpoint, PredictionWriter
+from .callbacks import BestCheckpoint, ContinuedCSVLogger, ExportPrompt, LatestCheckpoint, PredictionWriter
+from .cli_errors import INPUT_ERRORS, ShortErrorParser, check_config_files, debug_active, debug_flag, report
 from .data import PromptDataModule
-from .loading import import_class
+from .loading import import_class, method_class
 from .methods import PromptMethod
+from .safe_reading import read_checkpoint
 
+# Settings of a --ckpt_path run that the command decides: how to predict, and where the backbone is
+# (a copy elsewhere is fine: loading checks its architecture and weights digest against the checkpoint's).
+COMMAND_WINS = (*PromptMethod.inference_settings, "backbone")
 DDP_FINDING_UNUSED = {name: f"{name}_find_unused_parameters_true" for name in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")}
 
 
@@ -31,6 +43,7 @@ class LitPromptsCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": True})
+        kwargs.setdefault("parser_class", ShortErrorParser)
         super().__init__(
             LightningModule,  # a PromptMethod, or PromptLibrary to serve exported prompts together
             LightningDataModule,  # PromptDataModule (the default) or MultiTaskDataModule
@@ -44,14 +57,26 @@ class LitPromptsCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model's arguments by those saved in the
-        # checkpoint. How to predict is not part of what was trained: keep this run's settings.
+        # checkpoint. A setting this command gives that differs from the checkpoint's is a mistake
+        # to report, not to overwrite, except those in COMMAND_WINS.
         sub = self.config.get("subcommand")
-        keys = [f"model.init_args.{k}" for k in PromptMethod.inference_settings]
+        path = self.config[sub].get("ckpt_path") if sub else None
+        saved = {}
+        if path and Path(path).is_file():  # "last", "best"... and missing files: Lightning's to report
+            checkpoint = read_checkpoint(path)
+            check_command_agrees(checkpoint, self.config[sub].model, path)
+            saved = checkpoint.get("hyper_parameters") or {}
+        keys = [f"model.init_args.{k}" for k in COMMAND_WINS]
         given = {k: self.config[sub].get(k) for k in keys} if sub else {}
         super()._parse_ckpt_path()
         for key, value in given.items():
             if value is not None:
                 self.config[sub][key] = value
+        # The label set is the checkpoint's: validate or predict needs no training file to infer it.
+        data = self.config[sub].get("data") if sub else None
+        if saved.get("label_names") and data is not None and "label_names" in (data.get("init_args") or {}):
+            if data.init_args.label_names is None:
+                data.init_args.label_names = list(saved["label_names"])
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -59,6 +84,25 @@ class LitPromptsCLI(LightningCLI):
         strategy = config.trainer.strategy
         if getattr(model_class, "uses_parameters_per_task", False) and strategy in DDP_FINDING_UNUSED:
             config.trainer.strategy = DDP_FINDING_UNUSED[strategy]
+        self._resume_in_its_log_folder(config)
+
+    def _resume_in_its_log_folder(self, config) -> None:
+        """``fit --ckpt_path <root>/lightning_logs/version_N/checkpoints/X`` with the default logger logs
+        into that version_N again, not into a new one: the checkpoint callbacks find their own folder and
+        restore their best score and checkpoints (as Lightning does only then), the metrics go on in the
+        same metrics.csv (``ContinuedCSVLogger``), and the prompt is exported where it was."""
+        if self.subcommand != "fit" or not config.get("ckpt_path") or config.trainer.logger not in (None, True):
+            return
+        # Lightning's default logger, with the save_dir it would give (trainer.default_root_dir).
+        root = os.path.normpath(os.path.expanduser(config.trainer.default_root_dir or os.getcwd()))
+        folders = Path(config.ckpt_path).resolve().parents
+        version = re.fullmatch(r"version_(\d+)", folders[1].name) if len(folders) > 3 else None
+        if not (version and folders[0].name == "checkpoints" and folders[2].name == "lightning_logs"
+                and folders[3] == Path(root).resolve() and Path(config.ckpt_path).is_file()):
+            return
+        logger = TensorBoardLogger if _TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE else ContinuedCSVLogger
+        config.trainer.logger = Namespace(class_path=f"{logger.__module__}.{logger.__qualname__}",
+                                          init_args=Namespace(save_dir=root, version=int(version[1])))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
@@ -87,7 +131,58 @@ class LitPromptsCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
 
 
+def init_defaults(cls: type) -> dict:
+    """Default of every ``__init__`` argument of a class, its bases' (reached through ``**kwargs``) included."""
+    defaults = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" in vars(klass):
+            for name, parameter in inspect.signature(klass.__init__).parameters.items():
+                if parameter.default is not inspect.Parameter.empty:
+                    defaults[name] = parameter.default
+    return defaults
+
+
+def check_command_agrees(checkpoint: dict, model, path: str) -> None:
+    """A ``--ckpt_path`` checkpoint and the model this command configures must agree: the same
+    class, and no setting given here that differs from the checkpoint's (settings left at their
+    defaults are taken from the checkpoint; how to predict may differ)."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    saved_class = saved.get("_class_path")
+    if model is None or not saved_class:
+        return
+    if saved_class != model.class_path:
+        # The command names its class itself, so only a known method is trusted from the file.
+        saved_cls = method_class(saved_class, f"checkpoint {path}")
+        if saved_cls is not import_class(model.class_path):
+            raise ValueError(
+                f"--ckpt_path {path} holds a {saved_cls.__name__} (model.class_path {saved_class}), but this command "
+                f"asks for {model.class_path}: drop --model / model.class_path, or give a checkpoint of that method"
+            )
+    defaults = init_defaults(import_class(model.class_path))
+    conflicts = [
+        f"{key}: checkpoint {saved[key]!r}, command {value!r}"
+        for key, value in vars(model.get("init_args") or {}).items()
+        if key in saved and key not in COMMAND_WINS and not key.startswith("_")
+        and value != saved[key] and not (key in defaults and value == defaults[key])
+    ]
+    if conflicts:
+        raise ValueError(
+            f"--ckpt_path {path} was trained with other model settings than this command gives ({'; '.join(conflicts)}): "
+            "drop them from the command (the checkpoint's are used), or train anew without --ckpt_path"
+        )
+
+
 def main(args: list[str] | None = None) -> LitPromptsCLI:
     # Tokenizers' own thread pool fights with DataLoader workers and DDP processes.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return LitPromptsCLI(args=args)
+    with debug_flag(sys.argv[1:] if args is None else list(args)) as rest:
+        if args is None:  # LightningCLI reads sys.argv itself (and warns when handed a copy of it)
+            sys.argv[1:] = rest
+        try:
+            check_config_files(rest)
+            return LitPromptsCLI(args=None if args is None else rest)
+        except INPUT_ERRORS as error:
+            if debug_active():
+                raise
+            report(error)
+            raise SystemExit(1) from None

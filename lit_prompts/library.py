@@ -19,12 +19,12 @@ from .methods.multitask import predict_mixed
 from .prefix_injection import clear_prefixes
 
 
-def _load_sharing_backbone(prompts: dict[str, str], backbone: str) -> dict:
+def _load_sharing_backbone(prompts: dict[str, str], backbone: str, trust_code: bool) -> dict:
     # Run in a fresh context: LightningCLI hands the hyperparameters it parsed for this module to
     # every save_hyperparameters() call during its instantiation through a context variable, which
     # would give each loaded method the library's arguments instead of its own.
     with shared_backbones():
-        return {task: load(folder, backbone=backbone) for task, folder in prompts.items()}
+        return {task: load(folder, backbone=backbone, trust_code=trust_code) for task, folder in prompts.items()}
 
 
 class PromptLibrary(LightningModule):
@@ -36,14 +36,16 @@ class PromptLibrary(LightningModule):
         prompts: task name -> exported prompt folder; the names are the data module's task names.
         backbone: where to load the frozen backbone from (every prompt must have been trained on it;
             a prompt trained on another backbone is refused).
+        trust_code: let prompt folders name method classes that are neither built in nor registered
+            by an installed package (see ``lit_prompts.load``); their code then runs here.
     """
 
-    def __init__(self, prompts: dict[str, str], backbone: str):
+    def __init__(self, prompts: dict[str, str], backbone: str, trust_code: bool = False):
         super().__init__()
         if not prompts:
             raise ValueError("model.init_args.prompts is empty: name at least one task's exported prompt folder")
         self.save_hyperparameters()
-        self.methods = nn.ModuleDict(build_outside_cli(_load_sharing_backbone, prompts, backbone))
+        self.methods = nn.ModuleDict(build_outside_cli(_load_sharing_backbone, prompts, backbone, trust_code))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         return predict_mixed(batch, self.predict_task)

@@ -1,21 +1,86 @@
-"""``lit_prompts.load``: rebuild a trained method from a checkpoint or an exported prompt folder."""
+"""``lit_prompts.load``: rebuild a trained method from a checkpoint or an exported prompt folder.
+
+Both kinds of file are meant to be shared, so both are untrusted: the class they name must be a
+prompt method that lit_prompts knows (built in, or registered by an installed package under the
+``lit_prompts.methods`` entry point) before anything is imported or called; any other class needs
+``trust_code=True``.
+"""
 
 from __future__ import annotations
 
 import contextvars
+import difflib
 import importlib
-import json
+from importlib.metadata import entry_points
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
+from . import methods
+from .methods import PromptMethod
+from .safe_reading import read_checkpoint, read_prompt_folder
 
-from .methods.checkpointing import PROMPT_FILE, SETTINGS_FILE
+ENTRY_POINT_GROUP = "lit_prompts.methods"
 
 
 def import_class(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def builtin_methods() -> dict[str, type[PromptMethod]]:
+    """Short name -> class of every prompt method lit_prompts ships."""
+    bases = ("PromptMethod", "DeepPromptMethod")  # building blocks, not methods
+    return {name: getattr(methods, name) for name in methods.__all__ if name not in bases}
+
+
+def registered_methods() -> dict[str, str]:
+    """Class path -> entry point name of the methods installed packages register (not imported here)."""
+    return {ep.value.replace(":", "."): ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_method_names() -> list[str]:
+    return sorted([*builtin_methods(), *registered_methods().values()])
+
+
+class UntrustedClassError(ValueError):
+    """A shared file names a class that is not a known prompt method."""
+
+
+def method_class(class_path: str, source: str, trust_code: bool = False) -> type[PromptMethod]:
+    """The prompt-method class a file names, checked before it is used.
+
+    Built-in methods match by class path or short name; registered ones by their entry point's
+    target; anything else is imported only with ``trust_code`` (the file's author then runs code
+    on this machine), and must still be a ``PromptMethod`` subclass.
+    """
+    if not isinstance(class_path, str) or not class_path:
+        raise ValueError(f"{source} names no method class (class_path {class_path!r})")
+    builtin = builtin_methods()
+    by_path = {cls.class_path(): cls for cls in builtin.values()}
+    short = class_path.rpartition(".")[2]
+    if class_path in by_path:
+        return by_path[class_path]
+    if short in builtin and class_path in (short, f"lit_prompts.{short}"):
+        return builtin[short]
+    registered = registered_methods()
+    if class_path in registered or trust_code:
+        cls = _load_registered(class_path) if class_path in registered else import_class(class_path)
+        if not (isinstance(cls, type) and issubclass(cls, PromptMethod)):
+            raise UntrustedClassError(f"{source} names {class_path!r}, which is not a PromptMethod subclass")
+        return cls
+    close = difflib.get_close_matches(short, known_method_names(), n=1)
+    raise UntrustedClassError(
+        f"{source} names class {class_path!r}, which is not a lit_prompts method (known: "
+        f"{', '.join(known_method_names())}){f'; did you mean {close[0]!r}?' if close else ''}. A method of your own "
+        f"loads when its package registers it under the {ENTRY_POINT_GROUP!r} entry point, or with trust_code=True "
+        "if you trust whoever wrote this file (loading then imports and runs the code it names)"
+    )
+
+
+def _load_registered(class_path: str) -> type:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value.replace(":", ".") == class_path:
+            return ep.load()
+    raise AssertionError(class_path)  # only called for registered paths
 
 
 def build_outside_cli(build, *args, **kwargs):
@@ -26,23 +91,68 @@ def build_outside_cli(build, *args, **kwargs):
     return contextvars.Context().run(build, *args, **kwargs)
 
 
-def load(path: str | Path, map_location: str = "cpu", **overrides):
+def _settings(init_args: dict, source: str, trust_code: bool) -> dict:
+    attention = init_args.get("attn_implementation")
+    if isinstance(attention, str) and "/" in attention and not trust_code:
+        # transformers fetches and runs an attention kernel named by a hub repo id.
+        raise UntrustedClassError(
+            f"{source} asks for the attention kernel {attention!r}, code from the Hub; load with trust_code=True "
+            "if you trust it, or override attn_implementation"
+        )
+    return init_args
+
+
+def load(
+    path: str | Path,
+    map_location: str = "cpu",
+    trust_code: bool = False,
+    allow_other_weights: bool = False,
+    **overrides,
+):
     """Load a ``.ckpt`` written during training, or a folder holding ``prompt.safetensors`` and
     ``prompt.json``; the backbone is reloaded from the name stored with it (``overrides`` can
-    point it elsewhere, e.g. ``backbone="/models/my-copy"``)."""
+    point it elsewhere, e.g. ``backbone="/models/my-copy"``).
+
+    Args:
+        trust_code: allow a class that is not a known prompt method (see the module docstring).
+        allow_other_weights: use the prompt on a backbone whose weights differ from those it was
+            trained on (same architecture): refused by default.
+    """
     path = Path(path)
     if path.is_dir():
-        settings = json.loads((path / SETTINGS_FILE).read_text())
-        method = import_class(settings["class_path"])(**{**settings["init_args"], **overrides})
-        method.check_backbone(settings["backbone"], source=f"prompt file {path}")
-        tensors = load_file(path / PROMPT_FILE)
-        missing = sorted(set(method.export_tensors()) - set(tensors))
-        if missing:
-            raise KeyError(f"{path / PROMPT_FILE} lacks tensors {missing}")
-        method.load_state_dict(tensors, strict=False)
-        return method.eval()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    meta = checkpoint.get("lit_prompts")
-    if meta is None:
-        raise ValueError(f"{path} is not a lit_prompts checkpoint (no 'lit_prompts' entry)")
-    return import_class(meta["class_path"]).load_from_checkpoint(path, map_location=map_location, **overrides).eval()
+        settings, tensors = read_prompt_folder(path)
+        source = f"prompt folder {path}"
+        cls = method_class(settings["class_path"], source, trust_code)
+        init_args = _settings(settings["init_args"], source, trust_code)
+        method = cls(**{**init_args, **overrides})
+        method.check_backbone(settings["backbone"], source=source, allow_other_weights=allow_other_weights)
+        wanted = method.export_tensors()
+    else:
+        checkpoint = read_checkpoint(path)
+        meta = checkpoint.get("lit_prompts")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path} is not a lit_prompts checkpoint (no 'lit_prompts' entry)")
+        source = f"checkpoint {path}"
+        cls = method_class(meta.get("class_path"), source, trust_code)
+        hyper = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        method = cls(**{**_settings(hyper, source, trust_code), **overrides})
+        method.check_backbone(meta.get("backbone", {}), source=source, allow_other_weights=allow_other_weights)
+        tensors, wanted = checkpoint["state_dict"], method.trainable_state_dict()
+    _check_tensors(tensors, wanted, source)
+    method.load_state_dict(tensors, strict=False)
+    return method.to(map_location).eval()
+
+
+def _check_tensors(found: dict, wanted: dict, source: str) -> None:
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise KeyError(f"{source} lacks tensors {missing}: it was saved by another method or setting")
+    unexpected = sorted(set(found) - set(wanted))
+    if unexpected:
+        raise ValueError(f"{source} holds tensors {unexpected} that this method does not have")
+    for name, tensor in wanted.items():
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"{source}: tensor {name!r} has shape {tuple(found[name].shape)}, the method built from its settings "
+                f"needs {tuple(tensor.shape)}"
+            )

@@ -259,9 +259,9 @@ def test_reparameterised_prefix_tuning_under_ddp_and_resume(tiny_backbone, revie
     run_cli("fit", *args, "--trainer.max_epochs=2", *keep_all, root=tmp_path / "whole")
     checkpoints = tmp_path / "whole" / "lightning_logs" / "version_0" / "checkpoints"
     run_cli("fit", *args, "--trainer.max_epochs=2", f"--ckpt_path={checkpoints / 'epoch0.ckpt'}", root=tmp_path / "resumed")
-    whole = torch.load(checkpoints / "last.ckpt", weights_only=False)["state_dict"]
+    whole = torch.load(checkpoints / "last.ckpt", weights_only=True)["state_dict"]
     resumed_path = tmp_path / "resumed" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    resumed = torch.load(resumed_path, weights_only=False)["state_dict"]
+    resumed = torch.load(resumed_path, weights_only=True)["state_dict"]
     assert any(k.startswith("reparam.mlp") for k in whole)
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)

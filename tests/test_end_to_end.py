@@ -89,7 +89,7 @@ def test_fit_checkpoint_load_predict(method, arch, fmt, tiny_backbone, reviews, 
 
     # The checkpoint holds exactly the trainable tensors, and the loaded method has them.
     best = cli.trainer.checkpoint_callback.best_model_path
-    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     assert set(checkpoint["state_dict"]) == set(trainable)
     assert len(checkpoint["optimizer_states"][0]["state"]) == len(trainable), "optimizer state of every tensor"
     with warnings.catch_warnings(record=True) as caught:

@@ -177,7 +177,7 @@ def test_multitask_ddp_two_processes(tiny_backbone, three_tasks, tmp_path):
     dm.setup("fit")  # (the spawned processes set up their own copies)
     sizes = {name: len(m.datasets["train"]) for name, m in dm.modules.items()}
     steps = len(epoch_plan(sizes, 8, "round_robin", 2.0, seed=0, rank=0, world_size=2))
-    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == steps == math.floor(sum(math.ceil(n / 8) for n in sizes.values()) / 2)
 
 

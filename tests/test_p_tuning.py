@@ -58,9 +58,9 @@ def test_template_and_method_must_agree(tiny_backbone, reviews, tmp_path):
               "--data.verbalizer={positive: great, negative: bad}", data_files_arg(reviews, ("train", "validation")),
               "--trainer.max_epochs=1"]
     with pytest.raises(ValueError, match=r"template has 3 virtual tokens \(\[P:n\]\); PTuning fills 4"):
-        run_cli("fit", "--model=PTuning", "--model.num_virtual_tokens=4", *common, root=tmp_path)
+        run_cli("fit", "--debug", "--model=PTuning", "--model.num_virtual_tokens=4", *common, root=tmp_path)
     with pytest.raises(ValueError, match=r"template has 3 virtual tokens \(\[P:n\]\); PromptTuning fills 0"):
-        run_cli("fit", "--model=PromptTuning", *common, root=tmp_path)
+        run_cli("fit", "--debug", "--model=PromptTuning", *common, root=tmp_path)
 
 
 @pytest.mark.parametrize("encoder", ["lstm", "mlp"])

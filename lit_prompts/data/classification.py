@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
-from .sources import RawSplit
+from .sources import INTEGER_TEXT, RawSplit
 from .templates import count_virtual_tokens, expand_markers, fit_to_length, placeholder, target_ids, virtual_index
 
 DEFAULT_TEMPLATES = {
@@ -30,51 +30,129 @@ def template_fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
-def resolve_label_names(configured: list[str] | None, train: RawSplit | None, label_column: str) -> list[str]:
-    """Label names from the config, else from the data's ClassLabel feature, else sorted values."""
+def is_integer_text(value) -> bool:
+    """Whether a value is an integer written as one ("7"; not "07", "7.0" or True)."""
+    return isinstance(value, str) and INTEGER_TEXT.fullmatch(value.strip()) is not None
+
+
+def name_order(names) -> list[str]:
+    """Label names sorted as numbers when every one is an integer ("2" before "10"), else as text."""
+    names = sorted(set(names))
+    return sorted(names, key=int) if all(is_integer_text(n) for n in names) else names
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The label (or tag) names in order, and how the data's values find them.
+
+    ``by_index``: an integer value is the index of its name (names from the data's ``ClassLabel``
+    feature, or configured names none of which is an integer); -1 then marks an unlabelled row,
+    as on the hub. Otherwise a value matches the name written the same way (1 matches "1") and
+    nothing else: names inferred from the values are never indexed.
+    """
+
+    names: list[str]
+    by_index: bool
+    origin: str  # where the names come from, for errors
+    inferred: bool = False  # read from the training data's values: a later split may hold others
+
+    def unknown(self, value, where: str, what: str = "label", suggestion: list[str] | None = None) -> ValueError:
+        """The error for a value that has no name; says how to give the full set where inferred."""
+        message = f"{where}: {what} {value!r} is not in the {what} set {self.names}"
+        if isinstance(value, int) and self.by_index:
+            return ValueError(f"{message} (integer {what}s are indices into it, from {self.origin})")
+        if not self.inferred:
+            return ValueError(f"{message} (from {self.origin})")
+        return ValueError(
+            f"{message}, which was read from {self.origin} and is matched by value: give "
+            f"data.init_args.label_names with every {what}, e.g. {suggestion or self.with_value(value)}"
+        )
+
+    def with_value(self, value) -> list[str]:
+        return name_order([*self.names, str(value)])
+
+
+def is_missing(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _value_kind(value) -> str:
+    return "text" if isinstance(value, str) else "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def resolve_labels(configured: list[str] | None, train: RawSplit | None, label_column: str) -> LabelSet:
+    """Label names from the config, else from the data's ClassLabel feature, else the training
+    split's values (sorted, as numbers where all are integers)."""
     if configured:
         if len(set(configured)) != len(configured) or len(configured) < 2:
             raise ValueError(f"data.init_args.label_names needs two or more distinct names, got {configured}")
-        return [str(n) for n in configured]
+        names = [str(n) for n in configured]
+        return LabelSet(names, not any(is_integer_text(n) for n in names), "data.init_args.label_names")
     if train is None:
         raise ValueError("label names unknown: give data.init_args.label_names or a train split")
     feature = train.rows.features.get(label_column)
     if feature is not None and hasattr(feature, "names"):
-        return list(feature.names)
-    values = sorted({v for v in train.column(label_column, "label_column") if v is not None and v != -1})
-    if len(values) < 2:
-        raise ValueError(f"{train.source}: column {label_column!r} holds {len(values)} distinct label(s) {values}; "
+        return LabelSet(list(feature.names), True, f"the ClassLabel feature of {train.source}")
+    first: dict[str, tuple[int, object]] = {}  # kind of value -> its first row and value
+    values = set()
+    for row, value in enumerate(train.column(label_column, "label_column")):
+        if is_missing(value):
+            continue
+        if isinstance(value, (list, dict)):
+            raise ValueError(f"{train.source}: row {row}, column {label_column!r} holds {value!r:.60}; a label is "
+                             "one name or number (set data.init_args.label_column to the label's column)")
+        first.setdefault(_value_kind(value), (row, value))
+        values.add(str(value))
+    if len(first) > 1:
+        (kind_a, (row_a, a)), (kind_b, (row_b, b)) = list(first.items())[:2]
+        raise ValueError(
+            f"{train.source}: column {label_column!r} mixes {kind_a} and {kind_b} labels (row {row_a}: {a!r}, row {row_b}: "
+            f"{b!r}); write every label the same way, or give data.init_args.label_names"
+        )
+    names = name_order(values)
+    if len(names) < 2:
+        raise ValueError(f"{train.source}: column {label_column!r} holds {len(names)} distinct label(s) {names}; "
                          "classification needs at least two (or give data.init_args.label_names)")
-    return [str(v) for v in values]
+    return LabelSet(names, False, f"the values of column {label_column!r} in {train.source}", inferred=True)
 
 
-def label_ids(split: RawSplit, column: str, names: list[str], required: bool) -> list[int]:
+def label_ids(split: RawSplit, column: str, labels: LabelSet, required: bool) -> list[int]:
     """Map each row's label to its index; -1 where a label is absent and not required."""
     if not required and column not in split.rows.column_names:
         return [-1] * len(split.rows)
-    index = {name: i for i, name in enumerate(names)}
+    index = {name: i for i, name in enumerate(labels.names)}
+    # A ClassLabel column's ids stand for its own names: a label set with the same names (from a
+    # checkpoint, say) in another order or numbering still finds each row's class.
+    class_names = getattr(split.rows.features.get(column), "names", None)
     ids = []
     for row, value in enumerate(split.column(column, "label_column")):
-        if value is None or value == -1:  # hub test splits mark unlabelled rows with -1
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        # -1: the hub's "no label" where ids index names (and in a file to predict, whose labels go unused)
+        if is_missing(value) or (integer and value == -1 and (labels.by_index or class_names or not required)):
             if required:
-                raise ValueError(f"{split.source}: row {row} has no label in column {column!r}")
+                raise ValueError(f"{split.source}: row {row} has no label in column {column!r}; give every row a label")
             ids.append(-1)
-        elif str(value) in index:
+        elif integer and class_names and 0 <= value < len(class_names) and class_names[value] in index:
+            ids.append(index[class_names[value]])
+        elif integer and labels.by_index:
+            if not 0 <= value < len(labels.names):
+                raise labels.unknown(value, f"{split.source}: row {row}, column {column!r}")
+            ids.append(value)
+        elif not isinstance(value, (list, dict)) and str(value) in index:
             ids.append(index[str(value)])
-        elif isinstance(value, int) and 0 <= value < len(names):
-            ids.append(value)  # integer labels index the configured names
         else:
-            raise ValueError(
-                f"{split.source}: row {row}, column {column!r}: label {value!r} is not in the label set {names}"
-            )
+            raise labels.unknown(value, f"{split.source}: row {row}, column {column!r}")
     return ids
 
 
 def texts(split: RawSplit, column: str, role: str) -> list[str]:
     values = split.column(column, role)
     for row, value in enumerate(values):
-        if value is None or not str(value).strip():
+        if is_missing(value):
             raise ValueError(f"{split.source}: row {row}, column {column!r} is empty")
+        if isinstance(value, (list, dict)):
+            raise ValueError(f"{split.source}: row {row}, column {column!r} holds {value!r:.60}, not a text; "
+                             f"set data.init_args.{role} to the column with the text")
     return [str(v) for v in values]
 
 

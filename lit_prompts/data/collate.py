@@ -3,11 +3,13 @@ shuffle order that depends only on (seed, epoch) so a resumed run sees the same 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 IGNORE_INDEX = -100
 PASSED_THROUGH = ("tokens", "tags", "context", "answers", "starts")
@@ -24,22 +26,110 @@ class ListDataset(Dataset):
         return self.features[i]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation drawn from ``seed + epoch`` alone. Lightning calls ``set_epoch`` each epoch,
-    so resuming at epoch k replays exactly the order an uninterrupted run used."""
+class EpochShuffleSampler(DistributedSampler):
+    """A permutation drawn from ``seed + epoch`` alone, split between ``num_replicas`` DDP ranks as
+    ``DistributedSampler(shuffle=True)`` splits it (the same order and shares, padded to equal
+    shares). Being a ``DistributedSampler`` tells Lightning not to install its own under DDP.
 
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed, self.epoch = length, seed, 0
+    ``start`` skips that many of this rank's indices in the next pass only: ``ResumableLoader`` sets
+    it to continue an epoch in mid-way without reading the batches already trained on.
+    """
+
+    def __init__(self, length: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ (a dataset and a process group to ask) does not apply.
+        self.length, self.seed, self.num_replicas, self.rank = length, seed, num_replicas, rank
+        self.epoch, self.start, self.shuffle, self.drop_last = 0, 0, True, False
+        self.num_samples = math.ceil(length / num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.length
+        return self.num_samples
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        indices = torch.randperm(self.length, generator=generator).tolist()
+        padding = self.total_size - len(indices)
+        if padding and indices:  # as DistributedSampler: repeat the first indices so every rank has as many
+            indices += (indices * math.ceil(padding / len(indices)))[:padding]
+        start, self.start = self.start, 0
+        return iter(indices[self.rank : self.total_size : self.num_replicas][start:])
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` whose position (the epoch, and how many of its batches were served)
+    goes into Lightning's checkpoints: Lightning's fit loop saves ``state_dict()`` of a train loader
+    that has one and, resuming in mid-epoch, hands it back to ``load_state_dict``. The next pass then
+    goes on with the batch after the last one trained on, in that epoch's order.
+
+    ``position_source`` (``trainer_position``) tells each pass the trainer's epoch and how many of its
+    batches are done, which Lightning itself assumes the data resumes at. It fills two gaps of
+    lightning 2.6: Lightning's ``set_epoch`` call is one too high in every epoch after a resume from a
+    checkpoint saved at a training epoch's end (its ``processed`` count runs ahead of
+    ``current_epoch``), and it never loads the saved state when the train loader was built before the
+    checkpoint's loop state was restored (``configure_optimizers`` asking for
+    ``estimated_stepping_batches`` builds it, in ``max_epochs`` runs).
+
+    The sampler needs ``set_epoch`` and ``start`` (``EpochShuffleSampler``, the multi-task ``PlanSampler``).
+    """
+
+    def __init__(self, *args, position_source: Callable[[], tuple[int, int] | None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position_source = position_source
+        self._epoch, self._served = 0, 0  # this pass's epoch and the batches served in it
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)  # applied when the next pass starts
+
+    def __iter__(self):
+        # A generator: nothing runs until the first batch is asked for, after Lightning's set_epoch
+        # (Lightning also builds iterators it never draws from).
+        position = self.position_source() if self.position_source is not None else None
+        epoch, done = position if position is not None else (getattr(self.sampler, "epoch", 0), 0)
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            done = self._resume["batches"]
+        self._resume = None
+        skip = 0
+        if hasattr(self.sampler, "start"):  # not when Lightning swapped the sampler (overfit_batches)
+            skip = min(done, len(self))
+            self.sampler.set_epoch(epoch)
+            self.sampler.start = skip if self.batch_size is None else skip * self.batch_size
+        self._epoch, self._served = epoch, skip
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+
+def training_share(trainer) -> dict:
+    """``num_replicas`` and ``rank`` of this process's share of the training data under DDP (Lightning's
+    own split, ``trainer.distributed_sampler_kwargs``); empty on one process, or when the trainer has
+    ``use_distributed_sampler=False`` (then every process reads all of it, as with Lightning's samplers)."""
+    if trainer is None or trainer.world_size <= 1:
+        return {}
+    if not getattr(trainer._accelerator_connector, "use_distributed_sampler", True):
+        return {}
+    share = trainer.distributed_sampler_kwargs or {}
+    return {"num_replicas": share.get("num_replicas", trainer.world_size),
+            "rank": share.get("rank", trainer.global_rank)}
+
+
+def trainer_position(module) -> Callable[[], tuple[int, int] | None]:
+    """``ResumableLoader``'s ``position_source``: the epoch of the trainer a data module is attached to,
+    and how many training batches of it are done (None outside a fit)."""
+
+    def position():
+        trainer = module.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    return position
 
 
 def _pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:

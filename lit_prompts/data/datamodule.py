@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from functools import cached_property
 
@@ -12,13 +13,39 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbone import TASK_FORMATS, ArchitectureFacts, load_config, resolve_path
 from ..tasks import get_task
-from .classification import PAIR_TEMPLATES, ClassificationEncoder, label_ids, resolve_label_names, texts, warn_truncated
-from .collate import Collator, EpochShuffleSampler, ListDataset
-from .ner import NerEncoder, read_tagged, resolve_tag_names
+from .classification import (
+    PAIR_TEMPLATES,
+    ClassificationEncoder,
+    LabelSet,
+    label_ids,
+    resolve_labels,
+    texts,
+    warn_truncated,
+)
+from .collate import Collator, EpochShuffleSampler, ListDataset, ResumableLoader, trainer_position, training_share
+from .ner import NerEncoder, read_tagged, resolve_tags
 from .qa import SPAN_LABELS, QaCollator, QaEncoder, read_questions
-from .sources import RawSplit, SplitReader
+from .sources import RawSplit, SplitReader, check_encoding
 
 STAGES = ("train", "validation", "test", "predict")
+
+
+def check_data_files(data_files: dict | None, splits: dict[str, str]) -> None:
+    """Every ``data_files`` key must be a split some stage reads: a misspelled one would be ignored."""
+    read = list(dict.fromkeys(splits.values()))
+    for key in data_files or {}:
+        if key in read:
+            continue
+        if key in STAGES:
+            hint = f" To read it in stage {key!r}, set data.init_args.splits={{{key}: {key}}}."
+        else:
+            close = difflib.get_close_matches(key, read, n=1)
+            hint = (f" Did you mean {close[0]!r}?" if close
+                    else f" To read it, map a stage to it, e.g. data.init_args.splits={{validation: {key}}}.")
+        raise ValueError(
+            f"data.init_args.data_files names the split {key!r}, which no stage reads; the stages read {read} "
+            f"(stage -> split: {splits}, see data.init_args.splits).{hint}"
+        )
 
 
 class PromptDataModule(LightningDataModule):
@@ -35,7 +62,10 @@ class PromptDataModule(LightningDataModule):
         dataset: hub dataset id, e.g. ``stanfordnlp/sst2``.
         dataset_config: hub dataset configuration name.
         data_files: split name -> local file(s); these win over ``dataset`` for the splits they name.
-        splits: stage (train / validation / test / predict) -> split name.
+        splits: stage (train / validation / test / predict) -> split name; every ``data_files`` key
+            must be one of these split names.
+        encoding: text encoding of local data files (csv, tsv, json, jsonl, CoNLL, SQuAD json), e.g.
+            ``latin-1`` or ``cp1252``; utf-8 files may start with a byte-order mark.
         text_column: column of the (first) text.
         text_pair_column: column of the second text for sentence-pair tasks.
         label_column: column of the label (names or integer ids).
@@ -46,7 +76,10 @@ class PromptDataModule(LightningDataModule):
         context_column: qa: column of the context.
         answers_column: qa: column of the answers, ``{text: [...], answer_start: [...]}`` as in SQuAD.
         stride: qa span format: tokens shared by consecutive windows over a long context.
-        label_names: the label set in order (ner: the BIO tag set); default from the data.
+        label_names: the label set in order (ner: the BIO tag set); default from the data: its
+            ClassLabel feature, else the train split's values (sorted; as numbers where all are integers).
+            Integer labels are indices into these names only when the names come from a ClassLabel
+            feature or are configured and none of them is an integer; otherwise labels match by value.
         verbalizer: label name -> word(s) standing for it in cloze / text-to-text formats.
         template: source template with ``{text}``, ``{text_pair}`` and (cloze) ``{mask}`` fields.
         target_template: text-to-text target, with a ``{label}`` field for the verbalizer word.
@@ -65,6 +98,7 @@ class PromptDataModule(LightningDataModule):
         dataset_config: str | None = None,
         data_files: dict[str, str | list[str]] | None = None,
         splits: dict[str, str] | None = None,
+        encoding: str = "utf-8",
         text_column: str = "text",
         text_pair_column: str | None = None,
         label_column: str = "label",
@@ -97,21 +131,30 @@ class PromptDataModule(LightningDataModule):
         unknown = set(self.splits) - set(STAGES)
         if unknown:
             raise ValueError(f"data.init_args.splits has unknown stages {sorted(unknown)}; use {STAGES}")
+        check_encoding(encoding)
+        check_data_files(data_files, self.splits)
         self.datasets: dict[str, ListDataset] = {}
 
     # --- what the model needs to know, linked by the CLI at instantiation -----------------------
     @cached_property
     def reader(self) -> SplitReader:
-        return SplitReader(self.hparams.dataset, self.hparams.dataset_config, self.hparams.data_files)
+        h = self.hparams
+        return SplitReader(h.dataset, h.dataset_config, h.data_files, h.get("encoding", "utf-8"))
 
     @cached_property
-    def label_names(self) -> list[str]:
-        train = None if self.hparams.label_names else self.reader.get(self.splits["train"])
+    def labels(self) -> LabelSet:
+        """The label (ner: tag) names and how the data's values find them (by value, or integer ids
+        as indices where the names come from the config or a ClassLabel feature)."""
         if self.hparams.task == "qa":
-            return list(SPAN_LABELS)
+            return LabelSet(list(SPAN_LABELS), True, "the span head")
+        train = None if self.hparams.label_names else self.reader.get(self.splits["train"])
         if self.hparams.task == "ner":
-            return resolve_tag_names(self.hparams.label_names, train, self.hparams.tags_column)
-        return resolve_label_names(self.hparams.label_names, train, self.hparams.label_column)
+            return resolve_tags(self.hparams.label_names, train, self.hparams.tags_column)
+        return resolve_labels(self.hparams.label_names, train, self.hparams.label_column)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.labels.names
 
     @property
     def num_labels(self) -> int:
@@ -190,7 +233,7 @@ class PromptDataModule(LightningDataModule):
             return self._encode_qa(stage, split)
         text = texts(split, h.text_column, "text_column")
         pair = texts(split, h.text_pair_column, "text_pair_column") if h.text_pair_column else None
-        labels = label_ids(split, h.label_column, self.label_names, required=stage != "predict")
+        labels = label_ids(split, h.label_column, self.labels, required=stage != "predict")
         ids = split.column(h.id_column, "id_column") if h.id_column else list(range(len(text)))
         features, truncated = self.encoder.encode(text, pair)
         warn_truncated(split.source, truncated, len(text), h.max_length)
@@ -200,9 +243,7 @@ class PromptDataModule(LightningDataModule):
 
     def _encode_ner(self, stage: str, split: RawSplit) -> ListDataset:
         h = self.hparams
-        sentences, tags = read_tagged(split, h.tokens_column, h.tags_column, self.label_names)
-        if stage != "predict" and any(t is None for t in tags):
-            raise ValueError(f"{split.source}: column {h.tags_column!r} is missing (the tags_column)")
+        sentences, tags = read_tagged(split, h.tokens_column, h.tags_column, self.labels, required=stage != "predict")
         ids = split.column(h.id_column, "id_column") if h.id_column else list(range(len(sentences)))
         features, truncated = self.encoder.encode(sentences, tags)
         warn_truncated(split.source, truncated, len(sentences), h.max_length)
@@ -245,16 +286,9 @@ class PromptDataModule(LightningDataModule):
     def _loader(self, stage: str, train: bool = False) -> DataLoader:
         h = self.hparams
         dataset = self.datasets[stage]
-        distributed = self.trainer is not None and self.trainer.world_size > 1
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = None
-        if train and not distributed:  # under DDP Lightning installs a seeded DistributedSampler
-            sampler = EpochShuffleSampler(len(dataset), seed=seed)
-        return DataLoader(
-            dataset,
+        settings = dict(
             batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
-            shuffle=train and distributed,
-            sampler=sampler,
             collate_fn=self._collator(with_candidates=not train),
             num_workers=h.num_workers,
             # Without its own generator every iter() draws from the global RNG, so a resumed run
@@ -262,6 +296,12 @@ class PromptDataModule(LightningDataModule):
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=h.num_workers > 0,
         )
+        if not train:
+            return DataLoader(dataset, **settings)
+        # The shuffle depends on (seed, epoch) alone and splits between DDP ranks itself; the loader's
+        # position goes into checkpoints, so that a run resumed in mid-epoch goes on where it was.
+        sampler = EpochShuffleSampler(len(dataset), seed=seed, **training_share(self.trainer))
+        return ResumableLoader(dataset, sampler=sampler, position_source=trainer_position(self), **settings)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -18,16 +18,32 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..loading import build_outside_cli
-from .collate import ListDataset
+from .collate import ListDataset, ResumableLoader, trainer_position
 from .datamodule import PromptDataModule
-from .sources import RawSplit, _read_files
+from .sources import RawSplit, _read_files, check_encoding
 
 SAMPLING = ("proportional", "temperature", "round_robin")
+
+
+@contextmanager
+def options_of(task: str):
+    """A task module's errors name its options as ``data.init_args.tasks.TASK.*`` (where they are set)."""
+    try:
+        yield
+    except (ValueError, KeyError) as error:
+        message = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+        if "data.init_args." in message:
+            message = message.replace("data.init_args.", f"data.init_args.tasks.{task}.")
+        else:
+            message = f"data.init_args.tasks.{task}: {message}"
+        raise (KeyError if isinstance(error, KeyError) else ValueError)(message) from error
 
 
 class TaskBatches(Dataset):
@@ -58,6 +74,7 @@ class PlanSampler(DistributedSampler):
         # DistributedSampler.__init__ (a dataset to split by index) does not apply: set our own state.
         self.args = (sizes, batch_size, sampling, temperature)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.start = 0  # batches of the plan to skip in the next pass (ResumableLoader: mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,7 +83,8 @@ class PlanSampler(DistributedSampler):
         return epoch_plan(*self.args, seed=self.seed + self.epoch, rank=self.rank, world_size=self.world_size)
 
     def __iter__(self):
-        return iter(self.plan())
+        start, self.start = self.start, 0
+        return iter(self.plan()[start:])
 
     def __len__(self) -> int:
         return len(self.plan())
@@ -112,11 +130,12 @@ class MultiTaskDataModule(LightningDataModule):
         predict_files: predict: json / jsonl / csv file(s) whose rows mix tasks, each with its task's
             columns (as that task's config names them) and its task's name in ``task_column``.
         task_column: the column naming each predict row's task.
+        encoding: text encoding of ``predict_files`` (each task's files: its own ``encoding``).
     """
 
     def __init__(self, tasks: dict[str, dict], backbone: str = "", sampling: str = "proportional",
                  temperature: float = 2.0, batch_size: int = 32, eval_batch_size: int | None = None,
-                 predict_files: str | list[str] | None = None, task_column: str = "task"):
+                 predict_files: str | list[str] | None = None, task_column: str = "task", encoding: str = "utf-8"):
         super().__init__()
         if not tasks:
             raise ValueError("data.init_args.tasks is empty: name at least one task")
@@ -130,32 +149,37 @@ class MultiTaskDataModule(LightningDataModule):
             clashes = {"backbone", "batch_size", "eval_batch_size"} & set(spec)
             if clashes:
                 raise ValueError(f"data.init_args.tasks.{name}: {sorted(clashes)} are set once for all tasks")
-            self.modules[name] = build_outside_cli(
-                PromptDataModule, backbone=backbone, batch_size=batch_size, eval_batch_size=eval_batch_size, **spec
-            )
+            with options_of(name):
+                self.modules[name] = build_outside_cli(
+                    PromptDataModule, backbone=backbone, batch_size=batch_size, eval_batch_size=eval_batch_size, **spec
+                )
+        check_encoding(encoding)
         self.task_names = list(self.modules)
         self.datasets: dict[str, ListDataset] = {}  # predict's mixed rows (training data stays per task)
 
     @property
     def task_specs(self) -> dict[str, dict]:
         """What the model needs per task: its kind, format, labels and verbalizer ids."""
-        return {
-            name: {"task": m.hparams.task, "task_format": m.hparams.task_format, "label_names": m.label_names,
-                   "verbalizer_token_ids": m.verbalizer_token_ids}
-            for name, m in self.modules.items()
-        }
+        specs = {}
+        for name, m in self.modules.items():
+            with options_of(name):
+                specs[name] = {"task": m.hparams.task, "task_format": m.hparams.task_format,
+                               "label_names": m.label_names, "verbalizer_token_ids": m.verbalizer_token_ids}
+        return specs
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             self._setup_mixed_predict()
             return
-        for module in self.modules.values():
-            module.setup(stage)
+        for name, module in self.modules.items():
+            with options_of(name):
+                module.setup(stage)
 
     def _setup_mixed_predict(self) -> None:
         if not self.hparams.predict_files:
             raise ValueError("predict with a MultiTaskDataModule reads data.init_args.predict_files: set it")
-        split = _read_files("predict", self.hparams.predict_files)
+        split = _read_files("predict", self.hparams.predict_files, self.hparams.get("encoding", "utf-8"),
+                            option="data.init_args.predict_files")
         tasks = split.column(self.hparams.task_column, "task_column")
         unknown = sorted({str(t) for t in tasks} - set(self.modules))
         if unknown:
@@ -169,7 +193,9 @@ class MultiTaskDataModule(LightningDataModule):
             if not rows:
                 continue
             part = RawSplit(split.rows.select(rows), f"{split.source} (rows of task {name!r})")
-            for row, feature in zip(rows, module._encode("predict", part)):
+            with options_of(name):
+                encoded = module._encode("predict", part)
+            for row, feature in zip(rows, encoded):
                 if module.hparams.id_column is None:
                     feature["id"] = row if file_ids[row] is None else file_ids[row]
                 features[row] = {**feature, "task": name}
@@ -184,9 +210,13 @@ class MultiTaskDataModule(LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sizes = {name: len(m.datasets["train"]) for name, m in self.modules.items()}
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = PlanSampler(sizes, self.hparams.batch_size, self.hparams.sampling, self.hparams.temperature,
-                              seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), rank=rank, world_size=world)
-        return DataLoader(TaskBatches(self.modules), sampler=sampler, batch_size=None)
+                              seed=seed, rank=rank, world_size=world)
+        # Its own generator: without one each iter() draws from the global RNG (the dropout masks of a
+        # resumed run would differ from the uninterrupted run's).
+        return ResumableLoader(TaskBatches(self.modules), sampler=sampler, batch_size=None,
+                               generator=torch.Generator().manual_seed(seed), position_source=trainer_position(self))
 
     def _per_task(self, stage: str, method: str) -> list[DataLoader]:
         loaders = []

@@ -15,6 +15,7 @@ from itertools import accumulate
 
 from transformers import PreTrainedTokenizerBase
 
+from .classification import LabelSet
 from .sources import RawSplit
 from .templates import fit_to_length, target_ids
 
@@ -69,57 +70,93 @@ def parse_linearized(text: str, tokens: list[str], types: set[str]) -> list[str]
     return tags
 
 
-def resolve_tag_names(configured: list[str] | None, train: RawSplit | None, tags_column: str) -> list[str]:
+def tag_order(tags) -> list[str]:
+    """``O`` first, then by type and B before I."""
+    return ["O", *sorted(set(tags) - {"O"}, key=lambda t: (t[2:], t[0] != "B"))]
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tag_list(value, where: str, column: str) -> list:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: column {column!r} holds {value!r:.60}, not a list (one entry per word)")
+    return list(value)
+
+
+def resolve_tags(configured: list[str] | None, train: RawSplit | None, tags_column: str) -> LabelSet:
     """Tag names from the config, else the data's ``Sequence(ClassLabel)``, else the training tags
-    (``O`` first, then by type and B before I)."""
+    (``O`` first, then by type and B before I); integer tags index only the first two."""
     if configured:
         for tag in configured:
             check_bio(tag, "data.init_args.label_names")
-        return list(configured)
+        return LabelSet(list(configured), True, "data.init_args.label_names")
     if train is None:
         raise ValueError("tag names unknown: give data.init_args.label_names or a train split")
     feature = train.rows.features.get(tags_column)
     inner = getattr(feature, "feature", None)
     if hasattr(inner, "names"):
-        return list(inner.names)
+        return LabelSet(list(inner.names), True, f"the ClassLabel feature of {train.source}")
     lines = train.rows["line"] if "line" in train.rows.column_names else None
     seen = set()
     for row, row_tags in enumerate(train.column(tags_column, "tags_column")):
-        for tag in map(str, row_tags):
-            if tag not in seen:
-                check_bio(tag, lines[row] if lines else f"{train.source}: row {row}")
-                seen.add(tag)
-    return ["O", *sorted(seen - {"O"}, key=lambda t: (t[2:], t[0] != "B"))]
+        where = lines[row] if lines else f"{train.source}: row {row}"
+        if row_tags is None:
+            raise ValueError(f"{where}: no tags in column {tags_column!r}")
+        for tag in _tag_list(row_tags, where, tags_column):
+            if _integer(tag):
+                raise ValueError(f"{where}: tag {tag} is an integer id, but nothing names the ids: give "
+                                 "data.init_args.label_names, the tag names in id order (e.g. [O, B-PER, I-PER, ...])")
+            if str(tag) not in seen:
+                check_bio(str(tag), where)
+                seen.add(str(tag))
+    return LabelSet(tag_order(seen), False, f"the tags of {train.source}", inferred=True)
 
 
-def read_tagged(split: RawSplit, tokens_column: str, tags_column: str | None, names: list[str]):
+def read_tagged(split: RawSplit, tokens_column: str, tags_column: str | None, tags: LabelSet, required: bool = False):
     """Per row: tokens and tag ids (None where unlabelled), checked; errors name file and line/row."""
     tokens = split.column(tokens_column, "tokens_column")
-    has_tags = tags_column is not None and tags_column in split.rows.column_names
-    tags = split.column(tags_column, "tags_column") if has_tags else [None] * len(tokens)
+    has_tags = tags_column is not None and (required or tags_column in split.rows.column_names)
+    row_tags_list = split.column(tags_column, "tags_column") if has_tags else [None] * len(tokens)
     lines = split.rows["line"] if "line" in split.rows.column_names else None
+    names = tags.names
     index = {n: i for i, n in enumerate(names)}
+    # Sequence(ClassLabel) ids stand for the feature's own names (see classification.label_ids).
+    class_names = getattr(getattr(split.rows.features.get(tags_column), "feature", None), "names", None) if has_tags else None
     out_tokens, out_tags = [], []
-    for row, (words, row_tags) in enumerate(zip(tokens, tags)):
+    for row, (words, row_tags) in enumerate(zip(tokens, row_tags_list)):
         where = lines[row] if lines else f"{split.source}: row {row}"
-        if not words or any(not str(w).strip() for w in words):
+        words = _tag_list(words, where, tokens_column)
+        if not words or any(w is None or not str(w).strip() for w in words):
             raise ValueError(f"{where}: empty sentence or empty token")
         if row_tags is None:
+            if required:
+                raise ValueError(f"{where}: no tags in column {tags_column!r}")
             out_tokens.append([str(w) for w in words])
             out_tags.append(None)
             continue
+        row_tags = _tag_list(row_tags, where, tags_column)
         if len(row_tags) != len(words):
             raise ValueError(f"{where}: {len(words)} tokens but {len(row_tags)} tags")
         ids = []
         for tag in row_tags:
-            if isinstance(tag, int) and not isinstance(tag, bool):
+            if _integer(tag) and class_names and 0 <= tag < len(class_names) and class_names[tag] in index:
+                ids.append(index[class_names[tag]])
+                continue
+            if _integer(tag):
+                if not tags.by_index:
+                    raise ValueError(f"{where}: tag {tag} is an integer id, but the tag set {names} was read from "
+                                     f"{tags.origin} and is matched by name: give data.init_args.label_names, the "
+                                     "tag names in id order")
                 if not 0 <= tag < len(names):
                     raise ValueError(f"{where}: tag id {tag} is outside the tag set {names}")
                 ids.append(tag)
                 continue
             check_bio(str(tag), where)
             if str(tag) not in index:
-                raise ValueError(f"{where}: tag {tag!r} is not in the tag set {names}")
+                kinds = {t[2:] for t in [*names, str(tag)] if t != "O"}
+                raise tags.unknown(tag, where, "tag", tag_order({f"{p}-{k}" for k in kinds for p in "BI"}))
             ids.append(index[str(tag)])
         out_tokens.append([str(w) for w in words])
         out_tags.append(ids)

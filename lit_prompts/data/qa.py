@@ -10,43 +10,67 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from .collate import _pad
-from .sources import RawSplit
+from .sources import DataFileError, RawSplit, text_encoding
 from .templates import fit_to_length, target_ids
 
 DEFAULT_QA_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer:"
 SPAN_LABELS = ["start", "end"]  # the span head scores each token as these two
 
 
-def read_squad_json(paths: list[str]) -> datasets.Dataset | None:
+_SQUAD_LAYOUT = "data: [{paragraphs: [{context, qas: [{id, question, answers: [{text, answer_start}]}]}]}]"
+
+
+def _fields(value, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(value, dict):
+        raise DataFileError(f"{where} is a {type(value).__name__}, not an object; SQuAD's layout is {_SQUAD_LAYOUT}")
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise DataFileError(f"{where} has no {missing[0]!r} field (it has {sorted(value)}); SQuAD's layout is {_SQUAD_LAYOUT}")
+
+
+def read_squad_json(paths: list[str], names: list[str] | None = None, encoding: str = "utf-8") -> datasets.Dataset | None:
     """The official SQuAD json (articles -> paragraphs -> questions) as one row per question, with
     the hub dataset's columns: id, title, context, question, answers {text, answer_start}. None when
-    the files are not in that layout (plain json records are read by the ``datasets`` json builder)."""
+    the files are not in that layout (plain json records are read by the ``datasets`` json builder).
+    A question without ``answers`` (a file to predict) gets none; errors name the file and the place."""
     rows = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            if f.read(1) != "{":
-                return None
-            f.seek(0)
-            try:
-                articles = json.load(f).get("data")
-            except json.JSONDecodeError:  # json lines
-                return None
+    for path, name in zip(paths, names or paths):
+        text = Path(path).read_text(encoding=text_encoding(encoding))
+        if not text.lstrip().startswith("{"):
+            return None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:  # json lines, or not json: the json reader says which line
+            return None
+        articles = document.get("data")
         if not isinstance(articles, list) or not all(isinstance(a, dict) and "paragraphs" in a for a in articles):
             return None
-        for article in articles:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
+        for a, article in enumerate(articles):
+            paragraphs = article["paragraphs"]
+            if not isinstance(paragraphs, list):
+                raise DataFileError(f"{name}: data[{a}].paragraphs is not a list; SQuAD's layout is {_SQUAD_LAYOUT}")
+            for p, paragraph in enumerate(paragraphs):
+                where = f"{name}: data[{a}].paragraphs[{p}]"
+                _fields(paragraph, ("context", "qas"), where)
+                for q, qa in enumerate(paragraph["qas"]):
+                    _fields(qa, ("id", "question"), f"{where}.qas[{q}]")
+                    answers = qa.get("answers", [])
+                    if not isinstance(answers, list):
+                        raise DataFileError(f"{where}.qas[{q}] (id {qa['id']!r}): answers is not a list; "
+                                            f"SQuAD's layout is {_SQUAD_LAYOUT}")
+                    for k, answer in enumerate(answers):
+                        _fields(answer, ("text", "answer_start"), f"{where}.qas[{q}].answers[{k}] (id {qa['id']!r})")
                     rows.append({
                         "id": qa["id"], "title": article.get("title", ""), "context": paragraph["context"],
                         "question": qa["question"],
-                        "answers": {"text": [a["text"] for a in qa["answers"]],
-                                    "answer_start": [a["answer_start"] for a in qa["answers"]]},
+                        "answers": {"text": [x["text"] for x in answers], "answer_start": [x["answer_start"] for x in answers]},
                     })
     return datasets.Dataset.from_list(rows)
 
@@ -71,19 +95,43 @@ def read_questions(split: RawSplit, columns: dict[str, str], labelled: bool) -> 
     examples = []
     for row, (qid, q, c, a) in enumerate(zip(ids, question, context, answers)):
         where = f"{split.source}: record {row} (id {qid!r})"
-        if not str(q).strip() or not str(c).strip():
-            raise ValueError(f"{where}: empty question or context")
-        texts, starts = (list(a["text"]), list(a["answer_start"])) if a else ([], [])
+        for value, name in ((q, "question"), (c, "context")):
+            if not isinstance(value, str) or not value.strip():
+                found = "empty" if value is None or not str(value).strip() else f"a {type(value).__name__}, not text"
+                raise ValueError(f"{where}: the {name} (column {columns[name]!r}) is {found}")
+        texts, starts = _answers(a, where, columns["answers"])
         if labelled and not texts:
-            raise ValueError(f"{where}: no answer")
+            raise ValueError(f"{where}: no answer (its {columns['answers']!r} are missing or empty); "
+                             "questions to train or evaluate on need one")
         for text, start in zip(texts, starts):
-            if c[start : start + len(text)] != text:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{where}: an answer text is empty ({text!r})")
+            if isinstance(start, bool) or not isinstance(start, int):
+                raise ValueError(f"{where}: answer_start {start!r} of answer {text!r} is not a character offset (an integer)")
+            if not 0 <= start <= len(c) - len(text) or c[start : start + len(text)] != text:
                 raise ValueError(
                     f"{where}: answer {text!r} is not at answer_start {start} of the context "
-                    f"(found {c[start : start + len(text)]!r})"
+                    f"(found {c[max(start, 0) : max(start, 0) + len(text)]!r})"
                 )
         examples.append(QaExample(str(qid), str(q), str(c), texts, starts))
     return examples
+
+
+def _answers(value, where: str, column: str) -> tuple[list, list]:
+    """The answer texts and starts of one record: SQuAD's ``{text: [...], answer_start: [...]}``
+    (one answer may be given as ``{text: "...", answer_start: 3}``); None: no answers."""
+    if value is None:
+        return [], []
+    if not isinstance(value, dict) or not {"text", "answer_start"} <= set(value):
+        cell = " (a csv / tsv cell cannot hold that: use a json or jsonl file)" if isinstance(value, str) else ""
+        raise ValueError(f"{where}: column {column!r} holds {value!r:.80}; it must hold "
+                         "{text: [answer, ...], answer_start: [character offset, ...]} as in SQuAD" + cell)
+    texts, starts = value["text"], value["answer_start"]
+    texts = [texts] if isinstance(texts, str) else list(texts or [])
+    starts = [starts] if isinstance(starts, int) else list(starts or [])
+    if len(texts) != len(starts):
+        raise ValueError(f"{where}: {len(texts)} answer texts but {len(starts)} answer_start values")
+    return texts, starts
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property, partial
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -27,10 +28,11 @@ from ..backbone import (
 )
 from ..tasks import get_task
 from .checkpointing import PromptCheckpointing
+from .divergence import NONFINITE_CHOICES, DivergenceGuard
 from .scoring import pool_hidden, sequence_logprobs
 
 
-class PromptMethod(PromptCheckpointing, LightningModule):
+class PromptMethod(PromptCheckpointing, DivergenceGuard, LightningModule):
     """Base class of all prompt methods: the backbone is frozen; only prompt-side tensors train.
 
     Args:
@@ -62,6 +64,8 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         lr_schedule: a ``transformers.get_scheduler`` name: linear, cosine, constant_with_warmup, ...
         warmup_steps: linear warmup steps (overrides ``warmup_ratio`` when > 0).
         warmup_ratio: warmup as a fraction of all training steps.
+        nonfinite: a step whose loss or gradients hold NaN or infinity: ``stop`` the run (an error names
+            the step and the last finite checkpoint) or ``skip`` it (no update; counted in ``train/skipped_steps``).
     """
 
     default_lr: float = 1e-3
@@ -91,6 +95,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
         lr_schedule: str = "linear",
         warmup_steps: int = 0,
         warmup_ratio: float = 0.0,
+        nonfinite: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -98,6 +103,12 @@ class PromptMethod(PromptCheckpointing, LightningModule):
             raise ValueError(f"model.init_args.pooling={pooling!r} is not one of auto, first, last, mean")
         if predict_with not in ("labels", "generate"):
             raise ValueError(f"model.init_args.predict_with={predict_with!r} is not one of labels, generate")
+        if nonfinite not in NONFINITE_CHOICES:
+            raise ValueError(f"model.init_args.nonfinite={nonfinite!r} is not one of {', '.join(NONFINITE_CHOICES)}")
+        if not 0 <= warmup_ratio <= 1 or warmup_steps < 0:
+            raise ValueError(
+                f"model.init_args.warmup_ratio={warmup_ratio} must lie in [0, 1] and warmup_steps={warmup_steps} be >= 0"
+            )
         self.backbone = load_backbone(backbone, task_format, backbone_dtype, attn_implementation)
         if gradient_checkpointing:
             if not self.backbone.supports_gradient_checkpointing:
@@ -321,7 +332,7 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     def _log_metrics(self, metrics) -> None:
         # compute() gathers the metric states of every process (sums), so the values are global.
-        self.log_dict(metrics.compute(), prog_bar=True, rank_zero_only=False)
+        self.log_dict(self.finite_or_nan(metrics.compute()), prog_bar=True, rank_zero_only=False)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -373,7 +384,13 @@ class PromptMethod(PromptCheckpointing, LightningModule):
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or partial(torch.optim.AdamW, lr=self.default_lr)
-        optimizer = factory(self.trainable_parameters())
+        try:
+            optimizer = factory(self.trainable_parameters())
+        except ValueError as error:  # torch's message names no setting: "Invalid learning rate: 0"
+            raise ValueError(f"model.init_args.optimizer: {error} (check its init_args, e.g. lr > 0)") from None
+        rates = [float(group["lr"]) for group in optimizer.param_groups if "lr" in group]
+        if any(not rate > 0 for rate in rates):  # a zero rate trains nothing, silently
+            raise ValueError(f"model.init_args.optimizer: lr={rates[0]} must be > 0")
         total = self.trainer.estimated_stepping_batches
         warmup = self.hparams.warmup_steps or int(self.hparams.warmup_ratio * total)
         scheduler = get_scheduler(self.hparams.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)

@@ -8,15 +8,19 @@ name. ``state_dict()`` itself stays whole so that ordinary PyTorch code keeps wo
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-PROMPT_FILE = "prompt.safetensors"
-SETTINGS_FILE = "prompt.json"
+from ..safe_reading import PROMPT_FILE, SETTINGS_FILE, tensors_sha256
+from .divergence import DivergenceError, check_finite_state, nonfinite_names
+
 FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_layers", "vocab_size")
+# Set to 1 to use a prompt on other weights of the same architecture (the digests differ) on purpose.
+ALLOW_OTHER_WEIGHTS = "LIT_PROMPTS_ALLOW_OTHER_BACKBONE"
 
 
 class PromptCheckpointing:
@@ -35,6 +39,7 @@ class PromptCheckpointing:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_state_dict()}
+        check_finite_state(self, checkpoint["state_dict"])  # a NaN model is never saved, so never chosen as best
         checkpoint["lit_prompts"] = {
             "class_path": self.class_path(),
             "backbone": dict(self.fingerprint),
@@ -44,6 +49,7 @@ class PromptCheckpointing:
                 "python": random.getstate(),  # (numpy's state is not weights-only loadable; unused here)
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
+            "skipped_steps": getattr(self, "skipped_steps", 0),  # nonfinite=skip: the count goes on after a resume
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -58,6 +64,7 @@ class PromptCheckpointing:
         # instead of ``load_from_checkpoint`` warning with the name of every backbone weight.
         for name, tensor in self.state_dict().items():
             checkpoint["state_dict"].setdefault(name, tensor)
+        self.skipped_steps = meta.get("skipped_steps", 0)
         rng = meta.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -65,13 +72,24 @@ class PromptCheckpointing:
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def check_backbone(self, saved: dict, source: str) -> None:
+    def check_backbone(self, saved: dict, source: str, allow_other_weights: bool = False) -> None:
+        """The backbone loaded now is the one the prompt was trained on: same architecture and shape,
+        and (unless allowed) the same weights, by the digest both fingerprints record."""
         mismatched = {k: (saved[k], self.fingerprint[k]) for k in FINGERPRINT_KEYS if k in saved and saved[k] != self.fingerprint[k]}
         if mismatched:
             detail = ", ".join(f"{k}: saved {a} vs loaded {b}" for k, (a, b) in mismatched.items())
             raise ValueError(
                 f"this {source} was trained on backbone {saved.get('name')!r}, which differs from "
                 f"{self.fingerprint['name']!r} ({detail})"
+            )
+        allow_other_weights = allow_other_weights or os.environ.get(ALLOW_OTHER_WEIGHTS) == "1"
+        saved_digest, digest = saved.get("weights_digest"), self.fingerprint.get("weights_digest")
+        if saved_digest and digest and saved_digest != digest and not allow_other_weights:
+            raise ValueError(
+                f"this {source} was trained on backbone {saved.get('name')!r} (weights digest {saved_digest}), but "
+                f"{self.fingerprint['name']!r} has other weights (digest {digest}) of the same architecture, e.g. "
+                "base vs instruct: a prompt does not carry over. To use it anyway, pass allow_other_weights=True "
+                f"to lit_prompts.load, or set {ALLOW_OTHER_WEIGHTS}=1"
             )
 
     # --- export ---------------------------------------------------------------------------------
@@ -86,14 +104,18 @@ class PromptCheckpointing:
     def export_prompt(self, folder: str | Path) -> Path:
         """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.export_tensors().items()}
+        broken = nonfinite_names(tensors)
+        if broken:
+            raise DivergenceError(f"not exporting a prompt to {folder}: the tensors {broken} hold NaN or infinity")
+        folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / PROMPT_FILE)
         settings = {
             "class_path": self.class_path(),
             "init_args": self.export_init_args(),
             "backbone": self.fingerprint,
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            "tensors_sha256": tensors_sha256(tensors),  # checked on load: a damaged or altered file is refused
         }
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         return folder / PROMPT_FILE

@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..prefix_injection import PrefixInjector
+from ..safe_reading import read_prompt_folder
 from ..tasks import get_task
 from .base import PromptMethod
 from .checkpointing import PROMPT_FILE
@@ -116,7 +116,7 @@ class MultiTaskPromptTuning(PromptMethod):
         path = Path(folder) / PROMPT_FILE
         if not path.exists():
             raise FileNotFoundError(f"model.init_args.init_prompt: {path} does not exist (export a trained prompt first)")
-        tensors = load_file(path)
+        _, tensors = read_prompt_folder(folder)
         names = ("prompt", "prompt_embedding") if len(shape) == 1 else ("deep_prompts",)
         found = [tensors[k] for k in names if k in tensors]
         if not found:
