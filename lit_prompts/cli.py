@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import re
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -100,7 +100,8 @@ class LitPromptsCLI(LightningCLI):
         if not (version and folders[0].name == "checkpoints" and folders[2].name == "lightning_logs"
                 and folders[3] == Path(root).resolve() and Path(config.ckpt_path).is_file()):
             return
-        logger = TensorBoardLogger if _TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE else ContinuedCSVLogger
+        tensorboard = any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX"))
+        logger = TensorBoardLogger if tensorboard else ContinuedCSVLogger  # as Lightning picks its default
         config.trainer.logger = Namespace(class_path=f"{logger.__module__}.{logger.__qualname__}",
                                           init_args=Namespace(save_dir=root, version=int(version[1])))
 

@@ -108,11 +108,8 @@ class ResumableLoader(DataLoader):
 
 def training_share(trainer) -> dict:
     """``num_replicas`` and ``rank`` of this process's share of the training data under DDP (Lightning's
-    own split, ``trainer.distributed_sampler_kwargs``); empty on one process, or when the trainer has
-    ``use_distributed_sampler=False`` (then every process reads all of it, as with Lightning's samplers)."""
+    own split, ``trainer.distributed_sampler_kwargs``); empty on one process."""
     if trainer is None or trainer.world_size <= 1:
-        return {}
-    if not getattr(trainer._accelerator_connector, "use_distributed_sampler", True):
         return {}
     share = trainer.distributed_sampler_kwargs or {}
     return {"num_replicas": share.get("num_replicas", trainer.world_size),
