@@ -21,6 +21,11 @@ PROMPT_FILE = "prompt.safetensors"
 SETTINGS_FILE = "prompt.json"
 
 
+def nonfinite_names(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or infinity."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """A checksum of named tensors (names, dtypes, shapes and bytes), independent of file layout."""
     digest = hashlib.sha256()
@@ -90,7 +95,7 @@ def read_prompt_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor
             f"{tensors_path} does not match the checksum in {settings_path.name}: the tensors were changed or damaged "
             "after export"
         )
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"{tensors_path}: tensor {name!r} holds NaN or infinite values")
+    broken = nonfinite_names(tensors)
+    if broken:
+        raise ValueError(f"{tensors_path}: tensors {broken} hold NaN or infinite values")
     return settings, tensors

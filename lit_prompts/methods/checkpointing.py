@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..safe_reading import PROMPT_FILE, SETTINGS_FILE, tensors_sha256
-from .divergence import DivergenceError, check_finite_state, nonfinite_names
+from ..safe_reading import PROMPT_FILE, SETTINGS_FILE, nonfinite_names, tensors_sha256
+from .divergence import DivergenceError, check_finite_state
 
 FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_layers", "vocab_size")
 # Set to 1 to use a prompt on other weights of the same architecture (the digests differ) on purpose.

@@ -15,16 +15,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from ..safe_reading import nonfinite_names
+
 NONFINITE_CHOICES = ("stop", "skip")
 
 
 class DivergenceError(FloatingPointError):
     """Training produced NaN or infinity; the message names the step and the last finite checkpoint."""
-
-
-def nonfinite_names(tensors: dict[str, Tensor]) -> list[str]:
-    """Names of the floating-point tensors that hold NaN or infinity."""
-    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _sum_all(tensors: list[Tensor]) -> Tensor:
