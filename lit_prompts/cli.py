@@ -18,8 +18,8 @@ from .callbacks import BestCheckpoint, ContinuedCSVLogger, ExportPrompt, LatestC
 from .cli_errors import INPUT_ERRORS, ShortErrorParser, check_config_files, debug_active, debug_flag, report
 from .data import PromptDataModule
 from .loading import import_class, method_class
-from .methods import PromptMethod
 from .safe_reading import read_checkpoint
+from .training import PromptMethod
 
 # Settings of a --ckpt_path run that the command decides: how to predict, and where the backbone is
 # (a copy elsewhere is fine: loading checks its architecture and weights digest against the checkpoint's).

@@ -14,9 +14,8 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from .backbone import shared_backbones
-from .loading import build_outside_cli, load
-from .methods.multitask import predict_mixed
-from .prefix_injection import clear_prefixes
+from .contexts import build_outside_cli
+from .loading import load
 
 
 def _load_sharing_backbone(prompts: dict[str, str], backbone: str, trust_code: bool) -> dict:
@@ -48,14 +47,20 @@ class PromptLibrary(LightningModule):
         self.methods = nn.ModuleDict(build_outside_cli(_load_sharing_backbone, prompts, backbone, trust_code))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        return predict_mixed(batch, self.predict_task)
-
-    def predict_task(self, task: str, batch: dict) -> list[dict]:
-        if task not in self.methods:
-            raise KeyError(f"no prompt for task {task!r}; the library holds {list(self.methods)}")
-        method = self.methods[task]
-        clear_prefixes(method.backbone)  # a deep-prompt method sharing the backbone may have left its own
-        return method.task.predict(method, batch)
+        """Rows of each task answered by its own method (one backbone call per task: the methods'
+        prompts differ in kind), in the batch's order and naming their task."""
+        if "task_batches" not in batch:
+            batch = {"task_batches": {batch["task"]: batch}, "positions": {batch["task"]: list(range(len(batch["ids"])))}}
+        rows: dict[int, dict] = {}
+        for task, sub_batch in batch["task_batches"].items():
+            if task not in self.methods:
+                raise KeyError(f"no prompt for task {task!r}; the library holds {list(self.methods)}")
+            method = self.methods[task]
+            own = method.default_task
+            predicted = method.formats[own].predict(method.prompted(own), sub_batch)
+            for position, row in zip(batch["positions"][task], predicted):
+                rows[position] = {"task": task, **row}
+        return [rows[i] for i in sorted(rows)]
 
     def configure_optimizers(self):
         raise RuntimeError("PromptLibrary serves trained prompts (predict); train each prompt with its own method")

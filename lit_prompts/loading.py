@@ -8,15 +8,18 @@ prompt method that lit_prompts knows (built in, or registered by an installed pa
 
 from __future__ import annotations
 
-import contextvars
 import difflib
 import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from . import methods
-from .methods import PromptMethod
+from . import training
+from .contexts import build_outside_cli  # noqa: F401 - re-exported: it lives in contexts now
+from .methods import PROMPT_CLASSES, Prompt
 from .safe_reading import read_checkpoint, read_prompt_folder
+from .training import PromptMethod
+from .training.checkpointing import FORMAT_VERSION
+from .training.legacy import upgrade_state_names
 
 ENTRY_POINT_GROUP = "lit_prompts.methods"
 
@@ -28,8 +31,7 @@ def import_class(class_path: str) -> type:
 
 def builtin_methods() -> dict[str, type[PromptMethod]]:
     """Short name -> class of every prompt method lit_prompts ships."""
-    bases = ("PromptMethod", "DeepPromptMethod")  # building blocks, not methods
-    return {name: getattr(methods, name) for name in methods.__all__ if name not in bases}
+    return {cls.__name__: cls for cls in training.METHODS}
 
 
 def registered_methods() -> dict[str, str]:
@@ -59,7 +61,8 @@ def method_class(class_path: str, source: str, trust_code: bool = False) -> type
     short = class_path.rpartition(".")[2]
     if class_path in by_path:
         return by_path[class_path]
-    if short in builtin and class_path in (short, f"lit_prompts.{short}"):
+    # Short names, and the class paths lit_prompts 0.1 wrote (lit_prompts.methods.<module>.<Class>).
+    if short in builtin and (class_path in (short, f"lit_prompts.{short}") or class_path.startswith("lit_prompts.methods.")):
         return builtin[short]
     registered = registered_methods()
     if class_path in registered or trust_code:
@@ -81,14 +84,6 @@ def _load_registered(class_path: str) -> type:
         if ep.value.replace(":", ".") == class_path:
             return ep.load()
     raise AssertionError(class_path)  # only called for registered paths
-
-
-def build_outside_cli(build, *args, **kwargs):
-    """``build(*args, **kwargs)`` in a fresh context. While LightningCLI instantiates a class it hands
-    the hyperparameters it parsed to every ``save_hyperparameters()`` call through a context
-    variable, so objects built inside another one's ``__init__`` (a multi-task module's task modules,
-    a prompt library's loaded methods) would record the outer object's arguments as their own."""
-    return contextvars.Context().run(build, *args, **kwargs)
 
 
 def _settings(init_args: dict, source: str, trust_code: bool) -> dict:
@@ -126,7 +121,12 @@ def load(
         init_args = _settings(settings["init_args"], source, trust_code)
         method = cls(**{**init_args, **overrides})
         method.check_backbone(settings["backbone"], source=source, allow_other_weights=allow_other_weights)
-        wanted = method.export_tensors()
+        if settings.get("format_version", 1) < FORMAT_VERSION:  # 0.1: the settings rebuild the folded form
+            wanted = method.trainable_state_dict()
+            tensors = upgrade_state_names(tensors, set(wanted), list(method.formats))
+        else:  # the exported (folded) prompt module replaces the one the method built for training
+            method.prompt = _prompt_module(settings.get("prompt"), source, trust_code, type(method.prompt))
+            wanted = method.export_tensors()
     else:
         checkpoint = read_checkpoint(path)
         meta = checkpoint.get("lit_prompts")
@@ -138,6 +138,8 @@ def load(
         method = cls(**{**_settings(hyper, source, trust_code), **overrides})
         method.check_backbone(meta.get("backbone", {}), source=source, allow_other_weights=allow_other_weights)
         tensors, wanted = checkpoint["state_dict"], method.trainable_state_dict()
+        if meta.get("format_version", 1) < FORMAT_VERSION:
+            tensors = upgrade_state_names(tensors, set(wanted), list(method.formats))
     _check_tensors(tensors, wanted, source)
     method.load_state_dict(tensors, strict=False)
     return method.to(map_location).eval()
@@ -156,3 +158,44 @@ def _check_tensors(found: dict, wanted: dict, source: str) -> None:
                 f"{source}: tensor {name!r} has shape {tuple(found[name].shape)}, the method built from its settings "
                 f"needs {tuple(tensor.shape)}"
             )
+
+
+def _prompt_module(entry, source: str, trust_code: bool, own_class: type) -> Prompt:
+    """An empty prompt module of the class and settings an export names: a built-in prompt class,
+    the class the (already trusted) method builds itself, or with ``trust_code`` any ``Prompt``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_path"), str) or not isinstance(entry.get("settings"), dict):
+        raise ValueError(f"{source}: prompt.json field 'prompt' must hold class_path and settings")
+    class_path, short = entry["class_path"], entry["class_path"].rpartition(".")[2]
+    own = f"{own_class.__module__}.{own_class.__qualname__}"
+    if class_path.startswith("lit_prompts.") and short in PROMPT_CLASSES:
+        cls = PROMPT_CLASSES[short]
+    elif class_path == own:
+        cls = own_class
+    elif trust_code:
+        cls = import_class(class_path)
+    else:
+        raise UntrustedClassError(f"{source} names prompt class {class_path!r}, which is not a lit_prompts prompt module; "
+                                  "load with trust_code=True if you trust whoever wrote this file")
+    if not (isinstance(cls, type) and issubclass(cls, Prompt)):
+        raise UntrustedClassError(f"{source} names {class_path!r}, which is not a lit_prompts.Prompt subclass")
+    try:
+        return cls(**entry["settings"])
+    except TypeError as error:
+        raise ValueError(f"{source}: prompt settings {entry['settings']} do not build {short}: {error}") from None
+
+
+def load_prompt(folder: str | Path, trust_code: bool = False) -> Prompt:
+    """The exported prompt module of ``folder`` alone (no backbone, no Lightning): an ``nn.Module``
+    whose ``forward(context)`` gives the ``PromptOutput`` to run a ``PromptedBackbone`` with."""
+    settings, tensors = read_prompt_folder(folder)
+    source = f"prompt folder {folder}"
+    if settings.get("format_version", 1) < FORMAT_VERSION:
+        raise ValueError(f"{source} was written by lit_prompts 0.1, before prompts were modules of their own: "
+                         "use lit_prompts.load(folder).prompt")
+    entry = settings.get("prompt") or {}
+    own = PROMPT_CLASSES.get(str(entry.get("class_path", "")).rpartition(".")[2], Prompt)
+    prompt = _prompt_module(entry, source, trust_code, own)
+    mine = {k.removeprefix("prompt."): v for k, v in tensors.items() if k.startswith("prompt.")}
+    _check_tensors(mine, prompt.state_dict(), source)
+    prompt.load_state_dict(mine)
+    return prompt.eval()

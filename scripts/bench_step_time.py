@@ -5,11 +5,12 @@ pooling; a step is forward + backward + AdamW step + zero_grad):
   prompt          lit_prompts PromptTuning
   prefix          lit_prompts PrefixTuning (reparameterised through its MLP, as it trains)
   ptv2            lit_prompts PTuningV2
-  full            full fine-tuning: the same PromptMethod plumbing (same head and pooling) with the
-                  backbone unfrozen and no prompt (the base class's input_prompt returns None)
-  forward         PromptTuning.class_logits under torch.no_grad in train mode (as in the step)
+  full            full fine-tuning (lit_prompts FullFineTuning): the same PromptMethod plumbing (same
+                  head format and pooling) with the backbone unfrozen and no prompt
+  forward         PromptTuning's class scores (its head format's ``scores``) under torch.no_grad in
+                  train mode (as in the step)
   forward_eval    the same in eval mode: the inference cost of the prompted batch
-  prefix_forward  PrefixTuning.class_logits under torch.no_grad, likewise ptv2_forward
+  prefix_forward  PrefixTuning's class scores under torch.no_grad, likewise ptv2_forward
   peft            PEFT prompt tuning (PromptTuningConfig, SEQ_CLS) on AutoModelForSequenceClassification
   peft_prefix     PEFT prefix tuning (PrefixTuningConfig with its projection MLP, SEQ_CLS)
 
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -97,7 +99,7 @@ def make_batches(args) -> list[dict]:
     sample = random.Random(args.seed).sample(rows, min(n, len(rows)))
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(args.backbone))
     encoder = ClassificationEncoder(tokenizer, "head", False, LABELS, None, " {label}", max_length=256)
-    features, _ = encoder.encode([r["sentence"] for r in sample], None)
+    features, _ = encoder.encode_texts([r["sentence"] for r in sample], None)
     for i, (feature, row) in enumerate(zip(features, sample)):
         feature["id"], feature["label"] = i, int(row["label"])
     collate = Collator(pad_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side, task_format="head")
@@ -176,13 +178,11 @@ def build(args, device):
         params = [p for p in model.parameters() if p.requires_grad]
     else:
         import lit_prompts
-        from lit_prompts.methods.base import PromptMethod
 
         common = dict(backbone=args.backbone, label_names=LABELS, pooling="mean", backbone_dtype=args.dtype,
                       backbone_dropout=args.backbone_dropout)
         if args.variant == "full":
-            model = PromptMethod(**common)
-            model.backbone.requires_grad_(True)
+            model = lit_prompts.FullFineTuning(**common)
         else:
             method = METHOD_OF[args.variant]
             extra = {"reparam_hidden_size": args.reparam_hidden_size} if method == "PrefixTuning" else {}
@@ -194,7 +194,7 @@ def build(args, device):
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
 
     if "forward" in args.variant:
-        return model, params, torch.no_grad()(model.class_logits), loss_fn, batches
+        return model, params, torch.no_grad()(partial(class_scores, model)), loss_fn, batches
     optimizer = torch.optim.AdamW(params, lr=args.full_lr if args.variant == "full" else args.lr)
 
     def step(batch):
@@ -203,6 +203,12 @@ def build(args, device):
         optimizer.zero_grad()
 
     return model, params, step, loss_fn, batches
+
+
+def class_scores(model, batch: dict):
+    """[B, num_labels]: the method's head format scoring the batch through the prompted backbone."""
+    task = model.task_of(batch)
+    return model.formats[task].scores(model.prompted(task), batch)
 
 
 def worker(args) -> None:

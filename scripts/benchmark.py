@@ -36,6 +36,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from bench_step_time import PeakMemory, sync  # noqa: E402
 from lightning.pytorch import Callback  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from lit_prompts.tasks.protocol import PromptedModel  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -237,26 +240,56 @@ def peft_run(args, method: str, seed: int, output: Path) -> dict:
     return json.loads((folder / "stats.json").read_text())
 
 
-class PeftAsMethod:
-    """What the task code reads from a method, answered by a PEFT model, so that PEFT runs are
-    scored by exactly the metric code lit_prompts runs use."""
+class PeftPrompted(PromptedModel):
+    """A trained PEFT model as lit_prompts' task formats read a prompted backbone (the
+    ``lit_prompts.tasks.protocol.PromptedModel`` protocol), so that PEFT runs are scored by the
+    same metric and decoding code as lit_prompts runs.
 
-    def __init__(self, model, task_format: str, label_names: list[str]):
-        self.model, self.task_format, self.label_names = model, task_format, label_names
+    A PEFT model ends in its task's own layer, and answers with what that layer gives:
+    ``hidden_states`` are a TOKEN_CLS model's per-token label logits (read by a ``TokenNer`` whose
+    head is ``nn.Identity``), ``sequence_logprobs`` come from a CAUSAL_LM model's vocabulary logits
+    (rank classification over the label words). A SEQ_CLS model's own pooler and classifier give
+    ``class_scores``, outside the protocol: no format head runs on them. This benchmark has no PEFT
+    reference for the cloze format or for generation: those raise, as does a question the PEFT
+    model's task type cannot answer.
+    """
 
-    def scores(self, batch):
-        if self.task_format != "text_to_text":
-            return self.model(**inputs_of(batch)).logits.float()
-        # Rank classification as lit_prompts does it: the summed log-probability of each label's
-        # words after the input; PEFT's prompt tuning returns logits for its virtual tokens too.
-        from lit_prompts.methods.scoring import sequence_logprobs
+    def __init__(self, model):
+        self.model = model
+        task_type = model.active_peft_config.task_type
+        self.task_type = getattr(task_type, "value", task_type)  # "SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM"
 
-        seqs = batch["candidates"]
-        logits = self.model(**inputs_of(seqs)).logits[:, -seqs["input_ids"].shape[1]:]
-        scores = sequence_logprobs(logits[:, :-1].float(), seqs["target_ids"][:, 1:], "sum")
-        return scores.view(len(batch["ids"]), -1)
+    def _expect(self, task_type: str, asked: str) -> None:
+        if self.task_type != task_type:
+            raise NotImplementedError(f"{asked} needs a {task_type} PEFT model, not {self.task_type}")
 
-    def token_logits(self, batch):
+    def _own_logits(self, inputs: dict) -> Tensor:
+        """[B, T, *] logits at the inputs' own positions: PEFT's prompt tuning and P-tuning return
+        logits for the virtual tokens they put in front of the input too."""
+        return self.model(**inputs_of(inputs)).logits[:, -inputs["input_ids"].shape[1]:].float()
+
+    def hidden_states(self, batch: dict) -> Tensor:
+        """[B, T, num_labels]: the PEFT token classifier's logits for each of the batch's tokens."""
+        self._expect("TOKEN_CLS", "hidden_states")
+        return self._own_logits(batch)
+
+    def masked_lm_logits(self, batch: dict) -> Tensor:
+        raise NotImplementedError("no PEFT reference for the cloze format in this benchmark")
+
+    def sequence_logprobs(self, seqs: dict, reduction: str) -> Tensor:
+        """Log-probability of ``seqs["target_ids"]`` (aligned with the input ids, as lit_prompts'
+        collator builds them: the logits at t predict the target at t + 1), as lit_prompts computes it."""
+        from lit_prompts.pooling import sequence_logprobs
+
+        self._expect("CAUSAL_LM", "sequence_logprobs")
+        return sequence_logprobs(self._own_logits(seqs)[:, :-1], seqs["target_ids"][:, 1:], reduction)
+
+    def generate_text(self, source: dict, max_new_tokens: int, num_beams: int) -> list[str]:
+        raise NotImplementedError("no PEFT reference for generation in this benchmark")
+
+    def class_scores(self, batch: dict) -> Tensor:
+        """[B, num_labels]: a SEQ_CLS model's own pooler and classifier."""
+        self._expect("SEQ_CLS", "class_scores")
         return self.model(**inputs_of(batch)).logits.float()
 
 
@@ -264,24 +297,58 @@ def inputs_of(batch: dict) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
 
+class PeftScoring:
+    """Validation of a PEFT model by lit_prompts' task format for the benchmark's task: its metrics,
+    and its decoding where the PEFT model answers the protocol (text-to-text rank classification,
+    NER tags from token logits). Head classification: the PEFT classifier's scores go straight into
+    the format's metrics, in place of the format's own head."""
+
+    def __init__(self, model, task: str, task_format: str, label_names: list[str]):
+        from lit_prompts import build_format
+        from lit_prompts.tasks import HeadClassification, TextClassification, TokenNer
+
+        self.prompted = PeftPrompted(model)
+        hidden_size = getattr(model.config, "hidden_size", 1)  # only sizes the format's head, unused here
+        self.format = build_format(task, task_format, label_names, hidden_size)
+        self.own_head = isinstance(self.format, HeadClassification)
+        if isinstance(self.format, TokenNer):
+            self.format.head = nn.Identity()  # the PEFT model's token classifier made the logits already
+        elif not isinstance(self.format, (HeadClassification, TextClassification)):
+            raise NotImplementedError(f"no PEFT reference for task format {task_format!r} in this benchmark")
+
+    @property
+    def monitor(self) -> str:
+        return self.format.monitor
+
+    def metrics(self):
+        return self.format.metrics()
+
+    def update(self, batch: dict, metrics) -> None:
+        if self.own_head:
+            metrics.update(self.prompted.class_scores(batch), batch["label"])
+        else:
+            self.format.update(self.prompted, batch, metrics)
+
+
 def peft_worker(args) -> None:
     import torch
     from lightning.pytorch import seed_everything
+    from lightning.pytorch.utilities import move_data_to_device
     from transformers import get_scheduler
 
     from lit_prompts.data import PromptDataModule
-    from lit_prompts.tasks import get_task
 
     spec = json.loads(args.peft_run)
     seed_everything(spec["seed"])  # also the data module's shuffle seed, as in the CLI run
     data = PromptDataModule(backbone=args.backbone, **spec["data"])
     data.setup("fit")
-    task_format = spec["data"]["task_format"]
+    task, task_format = spec["data"]["task"], spec["data"]["task_format"]
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     result = {"impl": "peft", "method": spec["method"], "seed": spec["seed"]}
     try:
         model = build_peft_model(args, spec["method"], task_format, data.label_names).to(device)
         model.get_base_model().eval()  # like lit_prompts' default backbone_dropout=False
+        scoring = PeftScoring(model, task, task_format, data.label_names)
         batches = batches_of(data.train_dataloader(), args.steps, device)
         labels_key = {"head": "label", "token": "labels", "text_to_text": "target_ids"}[task_format]
 
@@ -316,24 +383,22 @@ def peft_worker(args) -> None:
     peak = memory.peak_growth_mb()
     with autocast:
         forward = forward_times(loss_of, batches[len(batches) - args.forward_batches:], device)
-    task = get_task(TASKS[args.task]["task"], task_format)
-    metrics = task.metrics(data.label_names).clone(prefix="val/").to(device)
+    metrics = scoring.metrics().clone(prefix="val/").to(device)
     model.eval()
-    scorer = PeftAsMethod(model, task_format, data.label_names)
     loader = data.val_dataloader()
     limit = int(args.val_batches) if args.val_batches > 1 else int(len(loader) * args.val_batches)
     with torch.no_grad(), autocast:
         for i, batch in enumerate(loader):
             if i >= limit:
                 break
-            task.update(scorer, {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, metrics)
+            scoring.update(move_data_to_device(batch, device), metrics)
     values = {k: float(v) for k, v in metrics.compute().items()}
     model.save_pretrained(Path(spec["result"]).parent / "adapter")
     exported = sum(f.stat().st_size for f in (Path(spec["result"]).parent / "adapter").glob("*.safetensors"))
     Path(spec["result"]).write_text(json.dumps({
         **result, "trainable_params": sum(p.numel() for p in params),
         "backbone_params": sum(p.numel() for p in model.get_base_model().base_model.parameters()),
-        "exported_bytes": exported, "peak_mem_mb": peak, "metric_name": task.monitor, "metric": values.get(task.monitor),
+        "exported_bytes": exported, "peak_mem_mb": peak, "metric_name": scoring.monitor, "metric": values.get(scoring.monitor),
         "metrics": values, **summarize_times(times, tokens, forward)}))
 
 
@@ -380,14 +445,14 @@ def _default(cls, name: str):
 
 def batches_of(loader, steps: int, device) -> list[dict]:
     """The first ``steps`` batches the loader yields, epoch after epoch (set_epoch as Lightning does)."""
-    import torch
+    from lightning.pytorch.utilities import move_data_to_device
 
     out, epoch = [], 0
     while len(out) < steps:
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         for batch in loader:
-            out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            out.append(move_data_to_device(batch, device))  # nested too (text-to-text candidates)
             if len(out) == steps:
                 break
         epoch += 1

@@ -189,3 +189,29 @@ def run_cli(subcommand: str, *args: str, root: Path):
     """Run ``python -m lit_prompts SUBCOMMAND ...`` in this process (like torchtune's recipe tests).
     The fast CPU settings come first, so a test's own arguments (and configs) override them."""
     return main([subcommand, *FAST_TRAINER, f"--trainer.default_root_dir={root}", *args])
+
+
+def _runs_the_cli(code, module_globals: dict, seen: set) -> bool:
+    """Whether a test's code calls ``run_cli``, directly or through helpers of its own module."""
+    if "run_cli" in code.co_names:
+        return True
+    for const in code.co_consts:
+        if hasattr(const, "co_names") and _runs_the_cli(const, module_globals, seen):
+            return True
+    for name in code.co_names:
+        helper = module_globals.get(name)
+        inner = getattr(helper, "__code__", None)
+        if inner is not None and name not in seen and getattr(helper, "__module__", None) == module_globals.get("__name__"):
+            seen.add(name)
+            if _runs_the_cli(inner, module_globals, seen):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that run the CLI (a real fit, validate or predict) form the integration tier; the rest,
+    ``pytest -m "not integration"``, is the fast unit tier."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and _runs_the_cli(function.__code__, function.__globals__, set()):
+            item.add_marker(pytest.mark.integration)

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, Dynam
 import lit_prompts
 from lit_prompts import PrefixTuning, PromptDataModule, PTuningV2
 from lit_prompts.backbone import load_backbone
-from lit_prompts.data.collate import _pad
+from lit_prompts.data.collate import pad_rows
 
 P = 3
 METHODS = {"PrefixTuning": PrefixTuning, "PTuningV2": PTuningV2}
@@ -49,7 +49,34 @@ def build(tiny_backbone, reviews, method: str, arch: str, fmt: str | None = None
 
 def layer_prompt(model) -> torch.Tensor:
     """The plain per-layer prompt tensor, layer first."""
-    return model.prefix if isinstance(model, PrefixTuning) else model.deep_prompts
+    return model.prompt.prefix if isinstance(model, PrefixTuning) else model.prompt.deep_prompts
+
+
+def layer_prefixes(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per self-attention layer: the prefix keys and values [H_kv, P, d] the method's prompt puts in place."""
+    if isinstance(model, PrefixTuning):
+        return [(layer[0], layer[1]) for layer in model.prompt.full_prefix()]
+    return model.backbone.layer_kv(model.prompt.hidden_prompts())
+
+
+def prompted_kwargs(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Keyword arguments for the frozen HF model with the method's prompt in place (deep prompts prepend nothing)."""
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    kwargs, shift = model.backbone.prompted_inputs(inputs, *model.prompted(model.default_task).prompt_for(inputs))
+    assert shift == 0
+    return kwargs
+
+
+def generate_ids(model, ids: torch.Tensor, mask: torch.Tensor, **settings) -> torch.Tensor:
+    """Token ids generated with the method's prompt in place."""
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    return model.backbone.generate(inputs, *model.prompted(model.default_task).prompt_for(inputs), **settings)
+
+
+def scores(model, batch) -> torch.Tensor:
+    """[B, num_labels] scores of the method's (single) task format."""
+    task = model.default_task
+    return model.formats[task].scores(model.prompted(task), batch)
 
 
 def loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -68,14 +95,14 @@ def test_prefix_reaches_every_layer(method, arch, tiny_backbone, reviews):
     loss, grads = loss_and_grads(model, batch)
 
     # Every layer's prompt (keys and values, for prefixes) gets a gradient.
-    per_layer = grads["prefix" if method == "PrefixTuning" else "deep_prompts"]
-    assert per_layer.shape[0] == model.num_layers == len(model.injector)
+    per_layer = grads["prompt.prefix" if method == "PrefixTuning" else "prompt.deep_prompts"]
+    assert per_layer.shape[0] == model.backbone.num_layers == len(model.backbone.injector)
     for layer, grad in enumerate(per_layer):
         parts = grad.unbind(0) if method == "PrefixTuning" else [grad]  # key, value
         assert all(part.abs().sum() > 0 for part in parts), f"layer {layer} got no gradient"
 
     # Without the prefix, the same batch gives another loss.
-    model.install_layer_prompts = lambda: model.injector.set(None)
+    model.backbone.install_layers = lambda prompt: model.backbone.injector.set(None)
     assert not torch.allclose(model.training_loss(batch), loss)
 
 
@@ -105,13 +132,13 @@ def test_mpnet_gradient_checkpointing_is_refused_clearly(tiny_backbone):
 
 def real_token_outputs(model, rows: list[list[int]], pad_id: int, side: str) -> list[torch.Tensor]:
     """Per row: the backbone's outputs at that row's real tokens (T5: the decoder's logits)."""
-    ids = _pad(rows, pad_id, side)
-    mask = _pad([[1] * len(r) for r in rows], 0, side)
-    inputs = model.embed_inputs(ids, mask)
+    ids = pad_rows(rows, pad_id, side)
+    mask = pad_rows([[1] * len(r) for r in rows], 0, side)
+    inputs = prompted_kwargs(model, ids, mask)
     if model.facts.is_encoder_decoder:
         decoder_ids = torch.tensor([[0, 5, 9, 7]] * len(rows))
-        return list(model.backbone(**inputs, decoder_input_ids=decoder_ids).logits)
-    out = model.backbone(**inputs)
+        return list(model.backbone.model(**inputs, decoder_input_ids=decoder_ids).logits)
+    out = model.backbone.model(**inputs)
     states = out.logits if model.facts.is_decoder_only else out.last_hidden_state
     return [row[m.bool()] for row, m in zip(states, mask)]
 
@@ -135,7 +162,7 @@ def test_padding_left_or_right_leaves_real_tokens_unchanged(method, arch, tiny_b
 def hand_cache(model, batch_size: int) -> DynamicCache:
     """The method's prefix as a DynamicCache, [B, H_kv, P, d] per layer."""
     cache = DynamicCache()
-    for layer, (key, value) in enumerate(model.layer_prefixes()):
+    for layer, (key, value) in enumerate(layer_prefixes(model)):
         expand = lambda t: t.detach().unsqueeze(0).expand(batch_size, -1, -1, -1).contiguous()  # noqa: E731
         cache.update(expand(key), expand(value), layer)
     return cache
@@ -143,7 +170,7 @@ def hand_cache(model, batch_size: int) -> DynamicCache:
 
 def decoder_batch(dm, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [f["input_ids"] for f in dm.datasets["validation"].features[:n]]
-    return _pad(rows, dm.tokenizer.pad_token_id or 0, "left"), _pad([[1] * len(r) for r in rows], 0, "left")
+    return pad_rows(rows, dm.tokenizer.pad_token_id or 0, "left"), pad_rows([[1] * len(r) for r in rows], 0, "left")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -153,7 +180,7 @@ def test_injection_equals_a_hand_built_dynamic_cache(method, arch, tiny_backbone
     dm, model = build(tiny_backbone, reviews, method, arch)
     model.eval()
     ids, mask = decoder_batch(dm)
-    ours = model.backbone(**model.embed_inputs(ids, mask)).logits
+    ours = model.backbone.model(**prompted_kwargs(model, ids, mask)).logits
 
     reference = load_backbone(tiny_backbone(arch), "text_to_text").eval()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens keep the positions they have without a prefix
@@ -180,7 +207,7 @@ def generate_by_hand(model, reference, ids, mask, num_beams: int, max_new_tokens
     reference.forward = forward_with_real_positions
     batch = len(ids) * num_beams  # beam search runs B·beams rows, each example's beams in a row
     cache = DynamicCache()
-    for layer, (key, value) in enumerate(model.layer_prefixes()):
+    for layer, (key, value) in enumerate(layer_prefixes(model)):
         cache.update(*(t.detach().unsqueeze(0).expand(batch, -1, -1, -1).contiguous() for t in (key, value)), layer)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
     out = reference.generate(
@@ -198,7 +225,7 @@ def test_generation_equals_the_backbone_with_the_prefix_by_hand(arch, method, nu
     dm, model = build(tiny_backbone, reviews, method, arch)
     model.eval()
     ids, mask = decoder_batch(dm)
-    ours = model.generate_ids(ids, mask, num_beams=num_beams, max_new_tokens=6)
+    ours = generate_ids(model, ids, mask, num_beams=num_beams, max_new_tokens=6)
     reference = load_backbone(tiny_backbone(arch), "text_to_text").eval()
     theirs = generate_by_hand(model, reference, ids, mask, num_beams=num_beams, max_new_tokens=6)
     assert ours.shape[1] > 0
@@ -215,15 +242,15 @@ def test_t5_generation_with_cache_equals_without(method, tiny_backbone, reviews)
     dm, model = build(tiny_backbone, reviews, method, "t5")
     model.eval()
     rows = [f["input_ids"] for f in dm.datasets["validation"].features[:4]]
-    ids, mask = _pad(rows, 0, "right"), _pad([[1] * len(r) for r in rows], 0, "right")
+    ids, mask = pad_rows(rows, 0, "right"), pad_rows([[1] * len(r) for r in rows], 0, "right")
     for beams in (1, 3):
-        cached = model.generate_ids(ids, mask, num_beams=beams, max_new_tokens=6)
-        uncached = model.generate_ids(ids, mask, num_beams=beams, max_new_tokens=6, use_cache=False)
+        cached = generate_ids(model, ids, mask, num_beams=beams, max_new_tokens=6)
+        uncached = generate_ids(model, ids, mask, num_beams=beams, max_new_tokens=6, use_cache=False)
         assert torch.equal(cached, uncached)
     # Greedy's first token is the argmax of one teacher-forced forward with the prefix in both stacks.
-    start = torch.full((len(rows), 1), model.backbone.config.decoder_start_token_id)
-    first = model.backbone(**model.embed_inputs(ids, mask), decoder_input_ids=start).logits[:, -1].argmax(-1)
-    assert torch.equal(model.generate_ids(ids, mask, max_new_tokens=1)[:, 1], first)
+    start = torch.full((len(rows), 1), model.backbone.model.config.decoder_start_token_id)
+    first = model.backbone.model(**prompted_kwargs(model, ids, mask), decoder_input_ids=start).logits[:, -1].argmax(-1)
+    assert torch.equal(generate_ids(model, ids, mask, max_new_tokens=1)[:, 1], first)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -238,9 +265,11 @@ def test_reparameterised_prompt_folds_into_an_export_with_the_same_outputs(metho
     ).eval()
     model.export_prompt(tmp_path / "prompt")
     exported = lit_prompts.load(tmp_path / "prompt").eval()
-    assert not exported.hparams.reparameterize and not hasattr(exported, "reparam")
+    # The export holds the folded prompt: the plain tensor, no MLP.
+    assert model.prompt.settings["reparam_hidden_size"] == 16 and hasattr(model.prompt, "reparam")
+    assert exported.prompt.settings["reparam_hidden_size"] is None and not hasattr(exported.prompt, "reparam")
     batch = next(iter(dm.val_dataloader()))
-    torch.testing.assert_close(exported.scores(batch), model.scores(batch), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores(exported, batch), scores(model, batch), rtol=1e-5, atol=1e-5)
 
 
 def test_reparameterised_prefix_tuning_under_ddp_and_resume(tiny_backbone, reviews, tmp_path):
@@ -252,7 +281,7 @@ def test_reparameterised_prefix_tuning_under_ddp_and_resume(tiny_backbone, revie
                   root=tmp_path / "ddp")
     assert cli.trainer.world_size == 2
     exported = lit_prompts.load(tmp_path / "ddp" / "lightning_logs" / "version_0" / "prompt")
-    assert exported.prefix.shape == (2, 2, 4, 3, 8)  # layers, key/value, heads, P, head_dim
+    assert exported.prompt.prefix.shape == (2, 2, 4, 3, 8)  # layers, key/value, heads, P, head_dim
 
     # The MLP is training state: a run resumed from epoch 0 ends where an uninterrupted one does.
     keep_all = ["--checkpoint.save_top_k=-1", "--checkpoint.monitor=null", "--checkpoint.filename=epoch{epoch}"]
@@ -262,7 +291,7 @@ def test_reparameterised_prefix_tuning_under_ddp_and_resume(tiny_backbone, revie
     whole = torch.load(checkpoints / "last.ckpt", weights_only=True)["state_dict"]
     resumed_path = tmp_path / "resumed" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     resumed = torch.load(resumed_path, weights_only=True)["state_dict"]
-    assert any(k.startswith("reparam.mlp") for k in whole)
+    assert any(k.startswith("prompt.reparam.mlp") for k in whole)
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
@@ -275,8 +304,9 @@ def test_parameter_counts_of_a_distilbert_base_sized_backbone(tmp_path):
     DistilBertModel(config).save_pretrained(folder)
     deep = PTuningV2(backbone=str(folder), label_names=["negative", "positive"], num_virtual_tokens=10)
     counts = {n: p.numel() for n, p in deep.named_parameters() if p.requires_grad}
-    assert counts == {"deep_prompts": 6 * 10 * 768, "head.1.weight": 768 * 2, "head.1.bias": 2}
-    assert counts["deep_prompts"] == 46_080
+    assert counts == {"prompt.deep_prompts": 6 * 10 * 768, "formats.classification.head.1.weight": 768 * 2,
+                      "formats.classification.head.1.bias": 2}
+    assert counts["prompt.deep_prompts"] == 46_080
     prefix = PrefixTuning(backbone=str(folder), label_names=["negative", "positive"], num_virtual_tokens=10,
                           reparameterize=False)
-    assert prefix.prefix.numel() == 6 * 2 * 10 * 768 == 92_160
+    assert prefix.prompt.prefix.numel() == 6 * 2 * 10 * 768 == 92_160

@@ -20,7 +20,7 @@ CASES = [(method, arch, fmt) for method in METHODS for arch, formats in FORMATS.
 
 def expected_trainable(model) -> dict[str, int]:
     """Trainable tensor name -> size, from each method's formula (L layers, H hidden, H_kv·d per key)."""
-    f, layers = model.facts, getattr(model, "num_layers", 0)
+    f, layers = model.facts, model.backbone.num_layers
     kv_width = f.num_key_value_heads * f.head_dim
     method = type(model).__name__
     if method == "PromptTuning":
@@ -43,8 +43,9 @@ def expected_trainable(model) -> dict[str, int]:
             "reparam.mlp.0.weight": f.hidden_size * MLP, "reparam.mlp.0.bias": MLP,
             "reparam.mlp.2.weight": MLP * out, "reparam.mlp.2.bias": out,
         }
+    sizes = {f"prompt.{name}": size for name, size in sizes.items()}  # the method's prompt module
     if model.hparams.task_format == "head":
-        sizes |= {"head.1.weight": f.hidden_size * 2, "head.1.bias": 2}
+        sizes |= {"formats.classification.head.1.weight": f.hidden_size * 2, "formats.classification.head.1.bias": 2}
     return sizes
 
 
@@ -83,7 +84,7 @@ def test_fit_checkpoint_load_predict(method, arch, fmt, tiny_backbone, reviews, 
 
     # The frozen backbone is bitwise what was loaded from disk.
     fresh = load_backbone(backbone, fmt).state_dict()
-    trained = model.backbone.state_dict()
+    trained = model.backbone.model.state_dict()
     assert trained.keys() == fresh.keys()
     assert all(torch.equal(trained[k], fresh[k]) for k in fresh)
 

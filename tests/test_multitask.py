@@ -117,33 +117,31 @@ def test_a_step_of_one_task_leaves_the_other_tasks_tensors_without_gradient(tiny
                                   loss_weights={"entities": 2.5}).eval()  # eval: no head dropout, so both losses agree
     batch = next(b for b in dm.train_dataloader() if b["task"] == "entities")
     loss = model.training_step(batch, 0)
-    with model.routed("entities"):
-        plain = model.training_loss(batch)
+    plain = model.training_loss(batch)  # the batch names its task: the unweighted loss
     assert float(loss.detach()) == pytest.approx(2.5 * float(plain.detach()))  # α_t from loss_weights
     loss.backward()
     grads = {n: t.grad for n, t in model.named_parameters() if t.requires_grad}
-    assert all(grads[n] is not None for n in ("shared_prompt", "task_u.entities", "task_v.entities"))
+    assert all(grads[n] is not None for n in ("prompt.shared_prompt", "prompt.task_u.entities", "prompt.task_v.entities"))
     assert all(g is None for n, g in grads.items() if "sentiment" in n or "questions" in n)
     # At initialisation u_t v_tᵀ is close to all-ones: each task starts from the shared prompt.
-    with model.routed("sentiment"):
-        prompt = model.task_prompt(None, None)
-    assert torch.allclose(prompt, model.shared_prompt, rtol=0.1)
+    context = model.backbone.context({k: batch[k] for k in ("input_ids", "attention_mask")}, "sentiment")
+    prompt = model.prompt(context).prepend[0]
+    assert torch.allclose(prompt, model.prompt.shared_prompt, rtol=0.1)
 
 
 def test_selector_weights_are_per_example_and_sum_to_one(tiny_backbone):
     model = MultiTaskPromptTuning(backbone=tiny_backbone("bert"), task_specs=task_specs(False), variant="selector",
                                   pool_size=5)
-    ids = torch.randint(5, 90, (3, 7))
-    embeds = model.backbone.get_input_embeddings()(ids)
-    with model.routed("entities"):
-        weights = model.selection(embeds, torch.ones(3, 7))
-        prompt = model.task_prompt(embeds, torch.ones(3, 7))
+    inputs = {"input_ids": torch.randint(5, 90, (3, 7)), "attention_mask": torch.ones(3, 7)}
+    context = model.backbone.context(inputs, "entities")
+    weights = model.prompt.selection(context)
+    prompt = model.prompt(context).prepend
     assert weights.shape == (3, 5)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3))
     assert not torch.allclose(weights[0], weights[1])
-    torch.testing.assert_close(prompt, torch.einsum("bk,kph->bph", weights, model.pool))
-    with model.routed("sentiment"):  # another task reads the same pool through its own selector
-        assert not torch.allclose(model.selection(embeds, torch.ones(3, 7)), weights)
+    torch.testing.assert_close(prompt, torch.einsum("bk,kph->bph", weights, model.prompt.pool))
+    # another task reads the same pool through its own selector
+    assert not torch.allclose(model.prompt.selection(model.backbone.context(inputs, "sentiment")), weights)
 
 
 @pytest.mark.parametrize("placement", ["input", "layers"])
@@ -151,14 +149,14 @@ def test_mpt_starts_from_a_trained_single_task_prompt(placement, tiny_backbone, 
     backbone = tiny_backbone("bert")
     if placement == "input":
         single = PromptTuning(backbone=backbone, label_names=["neg", "pos"], num_virtual_tokens=6)
-        tensor = single.prompt
+        tensor = single.prompt.prompt
     else:
         single = PTuningV2(backbone=backbone, label_names=["neg", "pos"], num_virtual_tokens=6)
-        tensor = single.deep_prompts
+        tensor = single.prompt.deep_prompts
     single.export_prompt(tmp_path / "single")
     model = MultiTaskPromptTuning(backbone=backbone, task_specs=task_specs(False), num_virtual_tokens=6,
                                   placement=placement, init_prompt=str(tmp_path / "single"))
-    assert torch.equal(model.shared_prompt.detach(), tensor.detach())
+    assert torch.equal(model.prompt.shared_prompt.detach(), tensor.detach())
     with pytest.raises(ValueError, match=r"single/prompt.safetensors: prompt of shape .*this run needs \(.*4"):
         MultiTaskPromptTuning(backbone=backbone, task_specs=task_specs(False), num_virtual_tokens=4,
                               placement=placement, init_prompt=str(tmp_path / "single"))
@@ -234,8 +232,7 @@ def test_multitask_errors_name_what_is_wrong(tiny_backbone, three_tasks, tmp_pat
         MultiTaskPromptTuning(backbone=backbone, task_specs=task_specs(), loss_weights={"sentimnet": 2.0})
     model = MultiTaskPromptTuning(backbone=backbone, task_specs=task_specs())
     with pytest.raises(KeyError, match="task 'poems' is not one of the trained tasks"):
-        with model.routed("poems"):
-            pass
+        model.training_loss({"task": "poems"})
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"task": "sentiment", "text": "fine"}, {"task": "poems", "text": "roses"}])
     dm = lit_prompts.MultiTaskDataModule(backbone=backbone, tasks=three_tasks, predict_files=str(bad))
     with pytest.raises(ValueError, match=r"bad.jsonl: rows \[1\] name tasks \['poems'\]"):

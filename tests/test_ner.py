@@ -14,8 +14,8 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 import lit_prompts
 from lit_prompts import PromptDataModule, PromptTuning
-from lit_prompts.data.ner import entity_spans, linearize, parse_linearized
-from lit_prompts.metrics import EntityF1
+from lit_prompts.ner_spans import entity_spans, linearize, parse_linearized
+from lit_prompts.tasks.metrics import EntityF1
 
 TYPES = ["PER", "LOC", "ORG"]
 
@@ -74,7 +74,7 @@ def test_tags_sit_on_the_first_sub_token_of_each_word(arch, tiny_backbone, tmp_p
     dm = PromptDataModule(backbone=tiny_backbone(arch), task="ner", task_format="token",
                           data_files={"train": str(path)}, label_names=["O", "B-ORG", "B-MISC"])
     dm.setup("fit")
-    batch = dm._collator(False)([dm.datasets["train"].features[0]])
+    batch = dm.collator(train=True)([dm.datasets["train"].features[0]])
     tag_ids = [dm.label_names.index(t) for t in tags]
     expected, previous = [], None
     for word in ALIGNMENT[arch]:

@@ -28,8 +28,14 @@ def build(tiny_backbone, reviews, arch: str, fmt: str, **data_kwargs):
 
 
 def prompted_embeds(model, ids: list[int]) -> torch.Tensor:
-    embeds = model.backbone.get_input_embeddings()(torch.tensor([ids]))
-    return torch.cat([model.prompt.unsqueeze(0), embeds], dim=1)
+    embeds = model.backbone.model.get_input_embeddings()(torch.tensor([ids]))
+    return torch.cat([model.prompt.prompt.unsqueeze(0), embeds], dim=1)
+
+
+def scores(model, batch) -> torch.Tensor:
+    """[B, num_labels] scores of the method's (single) task format."""
+    task = model.default_task
+    return model.formats[task].scores(model.prompted(task), batch)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "t5"])
@@ -37,7 +43,7 @@ def prompted_embeds(model, ids: list[int]) -> torch.Tensor:
 def test_rank_classification_equals_unpadded_reference(arch, tiny_backbone, reviews):
     dm, model = build(tiny_backbone, reviews, arch, "text_to_text", template="review : {text} sentiment :")
     batch = next(iter(dm.val_dataloader()))
-    scores = model.scores(batch)
+    got = scores(model, batch)
     targets = dm.encoder.class_target_ids()
     lengths = {len(f["input_ids"]) for f in dm.datasets["validation"].features[:8]}
     assert len(lengths) > 1, "the batch must contain padding for this test to mean something"
@@ -45,16 +51,16 @@ def test_rank_classification_equals_unpadded_reference(arch, tiny_backbone, revi
         source = feature["input_ids"]
         for c, target in enumerate(targets):
             if model.facts.is_encoder_decoder:
-                decoder_inputs = model.backbone.prepare_decoder_input_ids_from_labels(torch.tensor([target]))
-                logits = model.backbone(inputs_embeds=prompted_embeds(model, source), decoder_input_ids=decoder_inputs).logits[0]
+                decoder_inputs = model.backbone.model.prepare_decoder_input_ids_from_labels(torch.tensor([target]))
+                logits = model.backbone.model(inputs_embeds=prompted_embeds(model, source), decoder_input_ids=decoder_inputs).logits[0]
                 positions = range(len(target))
             else:
-                logits = model.backbone(inputs_embeds=prompted_embeds(model, source + target)).logits[0]
+                logits = model.backbone.model(inputs_embeds=prompted_embeds(model, source + target)).logits[0]
                 start = P + len(source) - 1  # the logit at position t predicts token t + 1
                 positions = range(start, start + len(target))
             logp = torch.log_softmax(logits, -1)
             expected = sum(logp[p, t] for p, t in zip(positions, target))
-            torch.testing.assert_close(scores[i, c], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[i, c], expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2", "llama", "t5"])
@@ -64,9 +70,9 @@ def test_head_logits_do_not_depend_on_padding(arch, tiny_backbone, reviews):
     loader = dm.val_dataloader()
     batch = next(iter(loader))
     assert batch["attention_mask"].min() == 0, "the batch must contain padding"
-    batched = model.class_logits(batch)
+    batched = scores(model, batch)
     for i, feature in enumerate(dm.datasets["validation"].features[:8]):
-        single = model.class_logits(loader.collate_fn([feature]))
+        single = scores(model, loader.collate_fn([feature]))
         torch.testing.assert_close(batched[i], single[0], atol=1e-5, rtol=1e-5)
 
 
@@ -77,11 +83,11 @@ def test_cloze_scores_are_the_mask_logits_of_the_verbalizer(tiny_backbone, revie
         template="{text} it was {mask} .",
     )
     batch = next(iter(dm.val_dataloader()))
-    scores = model.class_logits(batch)
+    got = scores(model, batch)
     words = dm.tokenizer.convert_tokens_to_ids(["bad", "great"])  # label order: negative, positive
     for i, feature in enumerate(dm.datasets["validation"].features[:8]):
-        logits = model.backbone(inputs_embeds=prompted_embeds(model, feature["input_ids"])).logits[0]
-        torch.testing.assert_close(scores[i], logits[P + feature["mask_index"], words], atol=1e-5, rtol=1e-5)
+        logits = model.backbone.model(inputs_embeds=prompted_embeds(model, feature["input_ids"])).logits[0]
+        torch.testing.assert_close(got[i], logits[P + feature["mask_index"], words], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch,fmt", [("distilbert", "head"), ("mpnet", "cloze"), ("gpt2", "text_to_text"), ("t5", "text_to_text")])
@@ -90,8 +96,8 @@ def test_gradients_reach_only_prompt_side_tensors(arch, fmt, tiny_backbone, revi
     dm, model = build(tiny_backbone, reviews, arch, fmt, **extra)
     model.train()
     model.training_loss(next(iter(dm.train_dataloader()))).backward()
-    assert model.prompt.grad is not None and model.prompt.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.prompt.prompt.grad is not None and model.prompt.prompt.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.backbone.model.parameters())
     assert all(p.grad is not None for p in model.trainable_parameters())
 
 
@@ -105,13 +111,13 @@ def test_prompt_initialisations(tiny_backbone):
         return (ids * n)[:n]
 
     from_text = PromptTuning(backbone=backbone, label_names=labels, num_virtual_tokens=5, init="text", init_text="good movie")
-    table = from_text.backbone.get_input_embeddings().weight
-    assert torch.equal(from_text.prompt.data, table[first_rows("good movie", 5)])
+    table = from_text.backbone.model.get_input_embeddings().weight
+    assert torch.equal(from_text.prompt.prompt.data, table[first_rows("good movie", 5)])
     from_labels = PromptTuning(backbone=backbone, label_names=labels, num_virtual_tokens=3, init="labels")
-    assert torch.equal(from_labels.prompt.data, table[first_rows("negative positive", 3)])
+    assert torch.equal(from_labels.prompt.prompt.data, table[first_rows("negative positive", 3)])
     from_vocab = PromptTuning(backbone=backbone, label_names=labels, num_virtual_tokens=4, init="vocab")
-    assert all(any(torch.equal(row, t) for t in table) for row in from_vocab.prompt.data)
-    assert from_vocab.prompt.requires_grad and from_vocab.prompt.dtype == torch.float32
+    assert all(any(torch.equal(row, t) for t in table) for row in from_vocab.prompt.prompt.data)
+    assert from_vocab.prompt.prompt.requires_grad and from_vocab.prompt.prompt.dtype == torch.float32
 
 
 def test_shuffle_depends_only_on_seed_and_epoch():

@@ -9,6 +9,7 @@ from conftest import data_files_arg, run_cli
 
 import lit_prompts
 from lit_prompts import PromptDataModule, PTuning
+from lit_prompts.methods import SoftPrompt
 
 TEMPLATE = "[P:2] {text} [P:1] it was {mask} ."
 
@@ -43,13 +44,14 @@ def test_prompt_vectors_sit_at_the_marked_positions(arch, fmt, template, tiny_ba
                     verbalizer_token_ids=dm.verbalizer_token_ids).eval()
     batch = next(iter(dm.val_dataloader()))
     seqs = batch if fmt == "cloze" else batch["candidates"]
-    inputs = model.embed_inputs(seqs["input_ids"], seqs["attention_mask"], virtual_index=seqs["virtual_index"])
+    seqs = {k: seqs[k] for k in ("input_ids", "attention_mask", "virtual_index")}
+    inputs, shift = model.backbone.prompted_inputs(seqs, *model.prompted(model.default_task).prompt_for(seqs))
     # By hand: the token embeddings with the encoder's vector k written where virtual_index == k.
-    expected = model.backbone.get_input_embeddings()(seqs["input_ids"]).clone()
-    vectors = model.prompt_vectors()
+    expected = model.backbone.model.get_input_embeddings()(seqs["input_ids"]).clone()
+    vectors = model.prompt.vectors()
     for row, col in (seqs["virtual_index"] >= 0).nonzero().tolist():
         expected[row, col] = vectors[seqs["virtual_index"][row, col]]
-    assert inputs["inputs_embeds"].shape == expected.shape  # nothing prepended
+    assert shift == 0 and inputs["inputs_embeds"].shape == expected.shape  # nothing prepended
     torch.testing.assert_close(inputs["inputs_embeds"], expected)
 
 
@@ -71,7 +73,12 @@ def test_encoder_folds_into_the_exported_vectors(encoder, tiny_backbone, reviews
                   "--trainer.max_epochs=1", root=tmp_path)
     trained = lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).eval()
     exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt").eval()
-    assert trained.encoder is not None and exported.encoder is None
+    # The export holds the encoder's output as plain vectors: a SoftPrompt that fills the template, no encoder.
+    assert trained.prompt.encoder is not None
+    assert isinstance(exported.prompt, SoftPrompt) and exported.prompt.template_length == 3
+    assert getattr(exported.prompt, "encoder", None) is None
     batch = next(iter(cli.datamodule.val_dataloader()))
+    task = trained.default_task
     with torch.no_grad():
-        torch.testing.assert_close(exported.scores(batch), trained.scores(batch))
+        torch.testing.assert_close(exported.formats[task].scores(exported.prompted(task), batch),
+                                   trained.formats[task].scores(trained.prompted(task), batch))

@@ -14,7 +14,7 @@ from torchmetrics.text import SQuAD
 
 import lit_prompts
 from lit_prompts import PromptDataModule
-from lit_prompts.tasks import QaTask
+from lit_prompts.tasks import SpanQa
 
 ARCHS = ("bert", "roberta", "distilbert", "mpnet", "gpt2", "llama", "t5")
 
@@ -43,7 +43,7 @@ def test_answer_tokens_map_back_to_the_answer_text_in_every_window(arch, tiny_ba
     assert found >= len(examples)
 
     # Through the collator, with its padding side: the positions still point at the answer.
-    batch = dm._collator(False)(dm.datasets["train"].features[:6])
+    batch = dm.collator(train=True)(dm.datasets["train"].features[:6])
     for row in range(6):
         window = dm.datasets["train"].features[row]
         shift = int(batch["pad_shift"][row])
@@ -52,11 +52,15 @@ def test_answer_tokens_map_back_to_the_answer_text_in_every_window(arch, tiny_ba
 
 
 def fake_method(start_logits, end_logits):
+    """A stand-in for a prompted backbone whose 'hidden states' are the start and end scores."""
     logits = torch.stack([torch.tensor(start_logits), torch.tensor(end_logits)], -1).float()
-    return SimpleNamespace(
-        task_format="span", hparams=SimpleNamespace(n_best=20, max_answer_tokens=3),
-        token_logits=lambda batch: logits,
-    )
+    return SimpleNamespace(hidden_states=lambda batch: logits)
+
+
+def span_decoder() -> SpanQa:
+    decoder = SpanQa(["start", "end"], hidden_size=2, n_best=20, max_answer_tokens=3)
+    decoder.head = torch.nn.Identity()  # scores pass through: only the decoding is under test
+    return decoder
 
 
 def test_decoding_picks_the_best_span_across_windows():
@@ -67,12 +71,12 @@ def test_decoding_picks_the_best_span_across_windows():
              "pad_shift": torch.tensor([0, 0]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
     start = [[9.0, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]]  # position 0 scores highest but is not context
     end = [[9.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 2.5]]
-    (text, score, first), = QaTask().answers(fake_method(start, end), batch)
+    (text, score, first), = span_decoder().answers(fake_method(start, end), batch)
     assert (text, score, first) == ("dd ee", 5.5, 9)  # window 2: start 3.0 + end 2.5 beats window 1's 1 + 1
     # An end before the start, or a span longer than max_answer_tokens, is never chosen.
     start = [[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
     end = [[0.0, 0.0, 0.0, 0.0], [0.0, 9.0, 0.0, 0.0]]
-    (text, _, _), = QaTask().answers(fake_method(start, end), {**batch, "offsets": [offsets[0], offsets[0]]})
+    (text, _, _), = span_decoder().answers(fake_method(start, end), {**batch, "offsets": [offsets[0], offsets[0]]})
     assert text != "" and text in ("aa", "aa bb", "aa bb cc")
 
 

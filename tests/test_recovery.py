@@ -15,10 +15,10 @@ import torch
 from conftest import REPO, data_files_arg, review_rows, run_cli, write_jsonl
 from safetensors.torch import load_file
 
-from lit_prompts import PromptTuning
+from lit_prompts import PromptMethod, PromptTuning
 from lit_prompts.callbacks import BestCheckpoint
-from lit_prompts.methods.base import PromptMethod
-from lit_prompts.methods.divergence import DivergenceError
+from lit_prompts.tasks.classification import HeadClassification
+from lit_prompts.training.divergence import DivergenceError
 
 
 def prompt_args(backbone: str, *extra: str) -> list[str]:
@@ -69,10 +69,10 @@ def test_skip_leaves_out_steps_with_a_nonfinite_loss_or_gradient(tiny_backbone, 
 
     def flaky_loss(self, batch):
         loss, step = training_loss(self, batch), self.trainer.global_step
-        before[step] = self.prompt.detach().clone()
+        before[step] = self.prompt.prompt.detach().clone()
         if step == 1:
             return loss * math.nan
-        return loss + 0 * torch.sqrt(self.prompt.sum() * 0) if step == 3 else loss
+        return loss + 0 * torch.sqrt(self.prompt.prompt.sum() * 0) if step == 3 else loss
 
     monkeypatch.setattr(PromptMethod, "training_loss", flaky_loss)
     args = prompt_args(tiny_backbone("bert"), "--model.nonfinite=skip", "--data.batch_size=8", data_files_arg(reviews),
@@ -89,8 +89,8 @@ def test_skip_leaves_out_steps_with_a_nonfinite_loss_or_gradient(tiny_backbone, 
 def test_nonfinite_tensors_are_never_exported_or_best(tiny_backbone, tmp_path):
     model = PromptTuning(backbone=tiny_backbone("bert"), num_virtual_tokens=2, label_names=["negative", "positive"])
     with torch.no_grad():
-        model.prompt[0, 0] = math.inf
-    with pytest.raises(DivergenceError, match=rf"not exporting a prompt to {tmp_path / 'out'}: the tensors \['prompt'\]"):
+        model.prompt.prompt[0, 0] = math.inf
+    with pytest.raises(DivergenceError, match=rf"not exporting a prompt to {tmp_path / 'out'}: the tensors \['prompt\.prompt'\]"):
         model.export_prompt(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     best = BestCheckpoint(monitor="val/accuracy", mode="max")
@@ -110,17 +110,17 @@ def test_skip_cannot_repair_tensors_that_an_update_made_nonfinite(tiny_backbone)
     model.on_before_optimizer_step(optimizer)
     assert all(p.grad is not None for p in model.trainable_parameters()) and model.skipped_steps == 0
     with torch.no_grad():
-        model.prompt[0, 0] = math.inf  # what an update that overflowed leaves
+        model.prompt.prompt[0, 0] = math.inf  # what an update that overflowed leaves
     for p in model.trainable_parameters():
         p.grad = torch.zeros_like(p)
     model.on_before_backward(torch.tensor(math.nan))
     with pytest.raises(DivergenceError, match=r"global step 7 \(epoch 1, batch 2\): the loss is nan; the tensors "
-                       r"\['prompt'\] already hold NaN.*none saved yet.*skipping steps cannot repair"):
+                       r"\['prompt\.prompt'\] already hold NaN.*none saved yet.*skipping steps cannot repair"):
         model.on_before_optimizer_step(optimizer)
 
 
 def test_nan_scores_are_written_as_null_in_strict_json(tiny_backbone, reviews, tmp_path, monkeypatch):
-    monkeypatch.setattr(PromptMethod, "scores", lambda self, batch: torch.full((len(batch["ids"]), 2), math.nan))
+    monkeypatch.setattr(HeadClassification, "scores", lambda self, model, batch: torch.full((len(batch["ids"]), 2), math.nan))
     output = tmp_path / "predictions.jsonl"
     files = {"train": reviews["train"], "test": reviews["unlabelled"]}
     run_cli("predict", *prompt_args(tiny_backbone("bert")), data_files_arg(files, splits=("train", "test")),
@@ -169,5 +169,5 @@ def test_sigterm_saves_the_step_reached_exports_the_best_prompt_and_exits_143(ti
     assert last["global_step"] == 41, "the step in hand when the signal came is finished and saved"
     # The exported prompt is the best checkpoint's, not the state reached (which last.ckpt holds).
     exported = load_file(folder / "prompt" / "prompt.safetensors")
-    assert torch.equal(exported["prompt"], best["state_dict"]["prompt"])
-    assert not torch.equal(exported["prompt"], last["state_dict"]["prompt"])
+    assert torch.equal(exported["prompt.prompt"], best["state_dict"]["prompt.prompt"])
+    assert not torch.equal(exported["prompt.prompt"], last["state_dict"]["prompt.prompt"])

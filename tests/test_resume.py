@@ -114,7 +114,8 @@ def outcome(cli) -> dict:
 
 def assert_same_outcome(resumed: dict, whole: dict) -> None:
     assert resumed["global_step"] == whole["global_step"]
-    assert resumed["last"].keys() == whole["last"].keys() == {"prompt", "head.1.weight", "head.1.bias"}
+    assert resumed["last"].keys() == whole["last"].keys() == {
+        "prompt.prompt", "formats.classification.head.1.weight", "formats.classification.head.1.bias"}
     for key in whole["last"]:
         assert torch.equal(resumed["last"][key], whole["last"][key]), f"last.ckpt {key}: max abs difference " \
             f"{(resumed['last'][key] - whole['last'][key]).abs().max():.3g}"
@@ -165,7 +166,7 @@ def test_a_resumed_run_ends_as_the_uninterrupted_run(length, validation, stop, w
     stop_first_part(args, length, validation, stop, tmp_path)
     folder = version_folder(tmp_path)
     last = folder / "checkpoints" / "last.ckpt"
-    resumed_at, prompt_then = checkpoint(last)["global_step"], checkpoint(last)["state_dict"]["prompt"]
+    resumed_at, prompt_then = checkpoint(last)["global_step"], checkpoint(last)["state_dict"]["prompt.prompt"]
     per_epoch = STEPS_PER_EPOCH[validation]
     whole = whole_run(length, validation)
     # The cell is what it says: the first part stopped inside the run, in mid-epoch or at an epoch's end.
@@ -175,7 +176,7 @@ def test_a_resumed_run_ends_as_the_uninterrupted_run(length, validation, stop, w
 
     cli = run_cli("fit", *args, f"--ckpt_path={last}", root=tmp_path)
 
-    assert not torch.equal(prompt_then, whole["last"]["prompt"])  # it trained on after the resume point
+    assert not torch.equal(prompt_then, whole["last"]["prompt.prompt"])  # it trained on after the resume point
     assert_same_outcome(outcome(cli), whole)
     # The resumed run logs into the folder it resumed from, after the rows the first part logged there.
     assert Path(cli.trainer.log_dir) == folder

@@ -72,7 +72,7 @@ def test_pickled_payload_in_a_checkpoint_does_not_run(trained, tmp_path, capsys)
 def test_a_known_method_loads_and_predicts_as_trained(trained, tmp_path):
     from_folder = lit_prompts.load(exported_copy(trained, tmp_path))
     from_checkpoint = lit_prompts.load(next((trained / "checkpoints").glob("best-*.ckpt")))
-    assert torch.equal(from_folder.prompt, from_checkpoint.prompt)
+    assert torch.equal(from_folder.prompt.prompt, from_checkpoint.prompt.prompt)
     settings = json.loads((trained / "prompt" / "prompt.json").read_text())
     assert len(settings["tensors_sha256"]) == 64 and len(settings["backbone"]["weights_digest"]) == 16
 
@@ -95,13 +95,13 @@ def test_damaged_prompt_folder_is_refused_with_its_path(trained, tmp_path, damag
     if damage == "truncate":
         tensors_path.write_bytes(tensors_path.read_bytes()[:100])
     elif damage == "rename":
-        save_file({"renamed": tensors.pop("prompt"), **tensors}, tensors_path)
+        save_file({"renamed": tensors.pop("prompt.prompt"), **tensors}, tensors_path)
     elif damage == "reshape":
-        save_file({**tensors, "prompt": tensors["prompt"][:1]}, tensors_path)
+        save_file({**tensors, "prompt.prompt": tensors["prompt.prompt"][:1]}, tensors_path)
     elif damage == "alter":
-        save_file({**tensors, "prompt": tensors["prompt"] + 1e-3}, tensors_path)
+        save_file({**tensors, "prompt.prompt": tensors["prompt.prompt"] + 1e-3}, tensors_path)
     elif damage == "nan":
-        save_file({**tensors, "prompt": torch.full_like(tensors["prompt"], float("nan"))}, tensors_path)
+        save_file({**tensors, "prompt.prompt": torch.full_like(tensors["prompt.prompt"], float("nan"))}, tensors_path)
     elif damage == "settings":
         (folder / "prompt.json").write_text("{not json")
     else:
@@ -111,11 +111,13 @@ def test_damaged_prompt_folder_is_refused_with_its_path(trained, tmp_path, damag
 
 
 def test_tensors_that_do_not_fit_the_settings_are_refused(trained, tmp_path):
-    # Both files agree (consistent checksum), but the settings build a method of another shape.
+    # Both files agree (consistent checksum), but the settings build a method of another shape: the
+    # method's and its exported prompt module's (which the tensors load into) both say 5 vectors.
     folder = exported_copy(trained, tmp_path)
     settings = json.loads((folder / "prompt.json").read_text())
-    edit_settings(folder, init_args={**settings["init_args"], "num_virtual_tokens": 5})
-    with pytest.raises(ValueError, match=r"tensor 'prompt' has shape \(2, .*needs \(5, "):
+    prompt = {**settings["prompt"], "settings": {**settings["prompt"]["settings"], "length": 5}}
+    edit_settings(folder, init_args={**settings["init_args"], "num_virtual_tokens": 5}, prompt=prompt)
+    with pytest.raises(ValueError, match=r"tensor 'prompt\.prompt' has shape \(2, .*needs \(5, "):
         lit_prompts.load(folder)
 
 
@@ -129,21 +131,21 @@ def test_hub_attention_kernel_in_a_prompt_file_is_refused(trained, tmp_path):
 
 def test_prompt_on_other_weights_of_the_same_architecture_is_refused(trained, tmp_path, monkeypatch):
     other = build_tiny_backbone("bert", tmp_path / "other-bert")
-    model = lit_prompts.load(trained / "prompt").backbone
+    model = lit_prompts.load(trained / "prompt").backbone.model
     with torch.no_grad():  # the same architecture and shape, other weights: a fine-tuned copy
         for p in model.parameters():
             p.add_(0.01)
     model.save_pretrained(other)
     with pytest.raises(ValueError, match=r"trained on backbone .*bert0' \(weights digest \w{16}\), but .*other-bert' has other weights"):
         lit_prompts.load(trained / "prompt", backbone=str(other))
-    assert lit_prompts.load(trained / "prompt", backbone=str(other), allow_other_weights=True).prompt.shape[0] == 2
+    assert lit_prompts.load(trained / "prompt", backbone=str(other), allow_other_weights=True).prompt.prompt.shape[0] == 2
     monkeypatch.setenv("LIT_PROMPTS_ALLOW_OTHER_BACKBONE", "1")
     assert lit_prompts.load(next((trained / "checkpoints").glob("best-*.ckpt")), backbone=str(other)) is not None
 
 
 def test_same_weights_in_bfloat16_have_the_same_digest(trained):
     method = lit_prompts.load(trained / "prompt", backbone_dtype="bfloat16")
-    assert method.backbone.dtype == torch.bfloat16  # and check_backbone accepted it: digests agree
+    assert method.backbone.model.dtype == torch.bfloat16  # and check_backbone accepted it: digests agree
 
 
 def test_out_of_tree_method_needs_trust_or_an_entry_point(trained, tmp_path, monkeypatch):

@@ -58,9 +58,9 @@ def test_ddp_spawn_two_processes(tiny_backbone, reviews, tmp_path):
     # 32 training examples over 2 processes in batches of 8: 2 optimizer steps, not 4.
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     state = trained_state(folder / "checkpoints" / "last.ckpt")
-    assert set(state) == {"prompt", "head.1.weight", "head.1.bias"}
+    assert set(state) == {"prompt.prompt", "formats.classification.head.1.weight", "formats.classification.head.1.bias"}
     method = lit_prompts.load(folder / "prompt")
-    assert method.prompt.shape == (3, method.facts.hidden_size)
+    assert method.prompt.prompt.shape == (3, method.facts.hidden_size)
 
 
 def test_bf16_mixed_precision_and_bf16_backbone(tiny_backbone, reviews, tmp_path):
@@ -68,10 +68,11 @@ def test_bf16_mixed_precision_and_bf16_backbone(tiny_backbone, reviews, tmp_path
     extra = ["--trainer.max_epochs=1", "--trainer.precision=bf16-mixed", "--model.backbone_dtype=bfloat16"]
     cli = run_cli("fit", *prompt_args(backbone, reviews, *extra), root=tmp_path)
     model = cli.model
-    assert model.prompt.dtype == torch.float32 and model.head[1].weight.dtype == torch.float32
-    assert all(p.dtype == torch.bfloat16 for p in model.backbone.parameters())
+    head = model.formats["classification"].head
+    assert model.prompt.prompt.dtype == torch.float32 and head[1].weight.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in model.backbone.model.parameters())
     fresh = load_backbone(backbone, "head", "bfloat16").state_dict()
-    assert all(torch.equal(v, fresh[k]) for k, v in model.backbone.state_dict().items())
+    assert all(torch.equal(v, fresh[k]) for k, v in model.backbone.model.state_dict().items())
 
 
 def test_parameter_report_is_logged(tiny_backbone, reviews, tmp_path, caplog):
@@ -79,7 +80,7 @@ def test_parameter_report_is_logged(tiny_backbone, reviews, tmp_path, caplog):
     cli = run_cli("fit", *prompt_args(tiny_backbone("distilbert"), reviews, "--trainer.max_epochs=1"), root=tmp_path)
     hidden = cli.model.facts.hidden_size
     trainable = 3 * hidden + hidden * 2 + 2
-    total = trainable + sum(p.numel() for p in cli.model.backbone.parameters())
+    total = trainable + sum(p.numel() for p in cli.model.backbone.model.parameters())
     with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as f:
         logged = next(r for r in csv.DictReader(f) if r.get("params/trainable"))
     assert int(float(logged["params/trainable"])) == trainable
@@ -96,17 +97,30 @@ def test_out_of_tree_subclass_by_import_path(tiny_backbone, reviews, tmp_path, m
             '''
             import torch
             from torch import nn
-            from lit_prompts import PromptTuning
+            from lit_prompts import Prompt, PromptOutput, PromptTuning
+            from lit_prompts.methods import SoftPrompt
+
+            class ScaledPrompt(Prompt):
+                """A soft prompt times a learned scale; folded into plain vectors for export."""
+
+                def __init__(self, inner: SoftPrompt, start_scale: float = 1.0):
+                    super().__init__(start_scale=start_scale)
+                    self.inner = inner
+                    self.scale = nn.Parameter(torch.full((1,), start_scale))
+
+                def forward(self, context):
+                    return PromptOutput(prepend=self.scale * self.inner(context).prepend)
+
+                def folded(self):
+                    plain = self.inner.folded()
+                    return SoftPrompt(**plain.settings, init=self.scale.detach() * plain.prompt.detach())
 
             class ScaledPromptTuning(PromptTuning):
                 """Prompt tuning with a learned scale on the prompt."""
 
                 def __init__(self, start_scale: float = 1.0, **kwargs):
                     super().__init__(**kwargs)
-                    self.scale = nn.Parameter(torch.full((1,), start_scale))
-
-                def input_prompt(self, input_embeds, attention_mask):
-                    return self.scale * super().input_prompt(input_embeds, attention_mask)
+                    self.prompt = ScaledPrompt(self.prompt, start_scale)
             '''
         )
     )
@@ -115,11 +129,24 @@ def test_out_of_tree_subclass_by_import_path(tiny_backbone, reviews, tmp_path, m
     args[0] = "--model=my_prompts.methods.ScaledPromptTuning"
     cli = run_cli("fit", *args, "--model.start_scale=2.0", root=tmp_path / "run")
     best = cli.trainer.checkpoint_callback.best_model_path
-    assert "scale" in trained_state(best)
+    assert "prompt.scale" in trained_state(best)
     with pytest.raises(ValueError, match="my_prompts.methods.ScaledPromptTuning.*trust_code=True"):
         lit_prompts.load(best)  # a shared checkpoint may not name code to import
     loaded = lit_prompts.load(best, trust_code=True)
     assert type(loaded).__name__ == "ScaledPromptTuning" and loaded.hparams.start_scale == 2.0
+
+
+def test_a_subclass_written_for_0_1_hooks_is_refused_at_class_creation():
+    """A method overriding a hook that no longer exists fails when its class is made, saying the new way."""
+    with pytest.raises(TypeError) as refused:
+
+        class OldStylePromptTuning(lit_prompts.PromptTuning):
+            def input_prompt(self, input_embeds, attention_mask):
+                return super().input_prompt(input_embeds, attention_mask)
+
+    message = str(refused.value)
+    assert "OldStylePromptTuning overrides input_prompt" in message
+    assert "PromptOutput" in message and "self.prompt" in message
 
 
 def test_training_modes_under_the_cli(tiny_backbone, reviews, tmp_path, monkeypatch):
@@ -128,13 +155,13 @@ def test_training_modes_under_the_cli(tiny_backbone, reviews, tmp_path, monkeypa
     import transformers.modeling_utils
     from torch.utils.checkpoint import checkpoint
 
-    from lit_prompts.methods.base import PromptMethod
+    from lit_prompts import PromptMethod
 
     seen, checkpointed = [], []
     step = PromptMethod.training_step
 
     def recording_step(self, batch, batch_idx):
-        seen.append((self.training, self.backbone.training, self.head.training))
+        seen.append((self.training, self.backbone.model.training, self.formats[self.default_task].head.training))
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(PromptMethod, "training_step", recording_step)
@@ -162,10 +189,11 @@ def test_full_finetuning_trains_every_weight(tiny_backbone, reviews, tmp_path):
     model = cli.model
     assert all(p.requires_grad for p in model.parameters())
     fresh = load_backbone(tiny_backbone("bert"), "head").state_dict()
-    trained = model.backbone.state_dict()
+    trained = model.backbone.model.state_dict()
     assert not torch.equal(trained["encoder.layer.0.attention.self.query.weight"], fresh["encoder.layer.0.attention.self.query.weight"])
     state = trained_state(cli.trainer.checkpoint_callback.best_model_path)
-    assert set(state) == {f"backbone.{k}" for k in fresh} | {"head.1.weight", "head.1.bias"}
+    assert set(state) == {f"backbone.model.{k}" for k in fresh} | {"formats.classification.head.1.weight",
+                                                                   "formats.classification.head.1.bias"}
 
 
 def test_last_checkpoint_holds_the_final_step_when_fit_stops_mid_epoch(tiny_backbone, reviews, tmp_path):

@@ -8,12 +8,15 @@ text_to_text  template -> source ids; target = verbalizer words; evaluated by ra
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
-from .sources import INTEGER_TEXT, RawSplit
+from .collate import Collator, ListDataset
+from .encoding import Columns, EncoderSettings, Rows, example_ids, warn_truncated
+from .labels import LabelSet, is_integer_text, name_order
+from .raw import RawSplit
 from .templates import count_virtual_tokens, expand_markers, fit_to_length, placeholder, target_ids, virtual_index
 
 DEFAULT_TEMPLATES = {
@@ -28,48 +31,6 @@ PAIR_TEMPLATES = {
 
 def template_fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
-
-
-def is_integer_text(value) -> bool:
-    """Whether a value is an integer written as one ("7"; not "07", "7.0" or True)."""
-    return isinstance(value, str) and INTEGER_TEXT.fullmatch(value.strip()) is not None
-
-
-def name_order(names) -> list[str]:
-    """Label names sorted as numbers when every one is an integer ("2" before "10"), else as text."""
-    names = sorted(set(names))
-    return sorted(names, key=int) if all(is_integer_text(n) for n in names) else names
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """The label (or tag) names in order, and how the data's values find them.
-
-    ``by_index``: an integer value is the index of its name (names from the data's ``ClassLabel``
-    feature, or configured names none of which is an integer); -1 then marks an unlabelled row,
-    as on the hub. Otherwise a value matches the name written the same way (1 matches "1") and
-    nothing else: names inferred from the values are never indexed.
-    """
-
-    names: list[str]
-    by_index: bool
-    origin: str  # where the names come from, for errors
-    inferred: bool = False  # read from the training data's values: a later split may hold others
-
-    def unknown(self, value, where: str, what: str = "label", suggestion: list[str] | None = None) -> ValueError:
-        """The error for a value that has no name; says how to give the full set where inferred."""
-        message = f"{where}: {what} {value!r} is not in the {what} set {self.names}"
-        if isinstance(value, int) and self.by_index:
-            return ValueError(f"{message} (integer {what}s are indices into it, from {self.origin})")
-        if not self.inferred:
-            return ValueError(f"{message} (from {self.origin})")
-        return ValueError(
-            f"{message}, which was read from {self.origin} and is matched by value: give "
-            f"data.init_args.label_names with every {what}, e.g. {suggestion or self.with_value(value)}"
-        )
-
-    def with_value(self, value) -> list[str]:
-        return name_order([*self.names, str(value)])
 
 
 def is_missing(value) -> bool:
@@ -158,7 +119,10 @@ def texts(split: RawSplit, column: str, role: str) -> list[str]:
 
 @dataclass
 class ClassificationEncoder:
-    """Turns texts into the features of one task format; counts what it had to truncate."""
+    """Turns texts into the features of one task format; counts what it had to truncate.
+
+    The ``TaskData`` of classification (``build`` makes it from the data module's settings);
+    ``encode_texts`` encodes texts alone, without a split's labels and ids."""
 
     tokenizer: PreTrainedTokenizerBase
     task_format: str
@@ -167,6 +131,8 @@ class ClassificationEncoder:
     template: str | None
     target_template: str
     max_length: int
+
+    virtual_tokens = 0  # [P:n] virtual tokens of the template, counted in __post_init__
 
     def __post_init__(self):
         self.virtual_tokens = 0
@@ -184,14 +150,59 @@ class ClassificationEncoder:
             token, self.placeholder_id = placeholder(self.tokenizer)
             self.template = expand_markers(self.template, token)
 
+    # --- TaskData ------------------------------------------------------------------------------
+    @classmethod
+    def tokenizer_options(cls, task_format: str) -> dict:
+        return {}
+
+    @classmethod
+    def read_labels(cls, configured: list[str] | None, train: Callable[[], RawSplit | None], columns: Columns) -> LabelSet:
+        return resolve_labels(configured, None if configured else train(), columns.label)
+
+    @classmethod
+    def build(cls, settings: EncoderSettings) -> ClassificationEncoder:
+        names = settings.labels.names
+        verbalizer = settings.verbalizer or {}
+        missing = [n for n in verbalizer if n not in names]
+        if missing:
+            raise ValueError(f"verbalizer names labels {missing} that are not in {names}")
+        template = settings.template
+        if template is None and settings.columns.text_pair and settings.task_format != "head":
+            template = PAIR_TEMPLATES[settings.task_format]
+        return cls(settings.tokenizer, settings.task_format, settings.is_encoder_decoder,
+                   label_words=[verbalizer.get(n, n) for n in names], template=template,
+                   target_template=settings.target_template, max_length=settings.max_length)
+
+    @classmethod
+    def read(cls, split: RawSplit, stage: str, columns: Columns, labels: Callable[[], LabelSet]) -> Rows:
+        text = texts(split, columns.text, "text_column")
+        pair = texts(split, columns.text_pair, "text_pair_column") if columns.text_pair else None
+        targets = label_ids(split, columns.label, labels(), required=stage != "predict")
+        return Rows(split.source, stage, example_ids(split, columns.id, len(text)), text, pair, targets)
+
+    def encode(self, rows: Rows) -> ListDataset:
+        features, truncated = self.encode_texts(rows.inputs, rows.pairs)
+        warn_truncated(rows.source, truncated, len(rows.inputs), self.max_length)
+        for feature, example_id, label in zip(features, rows.ids, rows.targets):
+            feature["id"], feature["label"] = example_id, label
+        return ListDataset(features)
+
+    def collator(self, train: bool) -> Callable[[list[dict]], dict]:
+        # Text-to-text: each label's target, appended to the source (training) or ranked (evaluation).
+        targets = self.class_target_ids() if self.task_format == "text_to_text" else None
+        return Collator.for_tokenizer(self.tokenizer, self.task_format, self.is_encoder_decoder, train, targets)
+
     # --- targets -----------------------------------------------------------------------------
     def class_target_ids(self) -> list[list[int]]:
         """Token ids of each label's target sequence (text-to-text), ending with EOS."""
         texts = [self.target_template.format(label=word) for word in self.label_words]
         return target_ids(self.tokenizer, self.is_encoder_decoder, texts)
 
-    def verbalizer_token_ids(self) -> list[int]:
-        """One vocabulary id per label word (cloze); multi-piece words are rejected by name."""
+    def verbalizer_token_ids(self) -> list[int] | None:
+        """One vocabulary id per label word (cloze; None in other formats); multi-piece words are
+        rejected by name."""
+        if self.task_format != "cloze":
+            return None
         ids = []
         for word in self.label_words:
             # A leading space gives the word-initial piece for BPE/SentencePiece; WordPiece ignores it.
@@ -206,7 +217,8 @@ class ClassificationEncoder:
         return ids
 
     # --- sources -----------------------------------------------------------------------------
-    def encode(self, text: list[str], pair: list[str] | None) -> tuple[list[dict], int]:
+    def encode_texts(self, text: list[str], pair: list[str] | None) -> tuple[list[dict], int]:
+        """Features of texts (and text pairs), and how many were truncated."""
         if self.task_format == "head":
             return self._encode_plain(text, pair)
         budget = self.max_length
@@ -241,10 +253,3 @@ class ClassificationEncoder:
                 features.append({k: enc[k][i] for k in keys})
         return features, truncated
 
-
-def warn_truncated(source: str, truncated: int, total: int, max_length: int) -> None:
-    if truncated:
-        rank_zero_warn(
-            f"{source}: {truncated} of {total} examples were longer than max_length={max_length} tokens "
-            "and were truncated"
-        )

@@ -11,7 +11,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-IGNORE_INDEX = -100
+from ..formats import IGNORE_INDEX
+
 PASSED_THROUGH = ("tokens", "tags", "context", "answers", "starts")
 
 
@@ -129,7 +130,7 @@ def trainer_position(module) -> Callable[[], tuple[int, int] | None]:
     return position
 
 
-def _pad(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
     return pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=value, padding_side=side)
 
 
@@ -149,6 +150,14 @@ class Collator:
     is_encoder_decoder: bool = False
     class_targets: list[list[int]] | None = None
     with_candidates: bool = False
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, task_format: str, is_encoder_decoder: bool, train: bool,
+                      class_targets: list[list[int]] | None = None) -> Collator:
+        """Padding as the tokenizer pads; evaluation batches (not ``train``) also get the inputs
+        generation and rank classification read."""
+        return cls(pad_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side, task_format=task_format,
+                   is_encoder_decoder=is_encoder_decoder, class_targets=class_targets, with_candidates=not train)
 
     def __call__(self, features: list[dict]) -> dict:
         batch = {"ids": [f["id"] for f in features]}
@@ -178,34 +187,34 @@ class Collator:
             return batch
         batch.update(self._inputs(sources, virtual))
         if "token_type_ids" in features[0]:
-            batch["token_type_ids"] = _pad([f["token_type_ids"] for f in features], 0, self.padding_side)
+            batch["token_type_ids"] = pad_rows([f["token_type_ids"] for f in features], 0, self.padding_side)
         if "mask_index" in features[0]:
             batch["mask_index"] = torch.tensor([f["mask_index"] for f in features])
         if "word_index" in features[0]:
             # Each word's gold tag on its first sub-token; -100 on the others and on padding.
-            batch["word_index"] = _pad([f["word_index"] for f in features], -1, self.padding_side)
-            batch["labels"] = _pad(
+            batch["word_index"] = pad_rows([f["word_index"] for f in features], -1, self.padding_side)
+            batch["labels"] = pad_rows(
                 [[f["tags"][w] if w >= 0 and f["tags"] is not None else IGNORE_INDEX for w in f["word_index"]]
                  for f in features], IGNORE_INDEX, self.padding_side)
         return batch
 
     def _inputs(self, rows: list[list[int]], virtual: list[list[int]] | None = None) -> dict:
         out = {
-            "input_ids": _pad(rows, self.pad_id, self.padding_side),
-            "attention_mask": _pad([[1] * len(r) for r in rows], 0, self.padding_side),
+            "input_ids": pad_rows(rows, self.pad_id, self.padding_side),
+            "attention_mask": pad_rows([[1] * len(r) for r in rows], 0, self.padding_side),
         }
         if virtual is not None:
-            out["virtual_index"] = _pad(virtual, -1, self.padding_side)
+            out["virtual_index"] = pad_rows(virtual, -1, self.padding_side)
         return out
 
     def _sequences(self, sources: list[list[int]], targets: list[list[int]], virtual=None) -> dict:
         if self.is_encoder_decoder:  # targets feed the decoder
             out = self._inputs(sources, virtual)
-            out["target_ids"] = _pad(targets, IGNORE_INDEX, "right")
+            out["target_ids"] = pad_rows(targets, IGNORE_INDEX, "right")
             return out
         rows = [s + t for s, t in zip(sources, targets)]
         if virtual is not None:
             virtual = [v + [-1] * len(t) for v, t in zip(virtual, targets)]
         out = self._inputs(rows, virtual)
-        out["target_ids"] = _pad([[IGNORE_INDEX] * len(s) + t for s, t in zip(sources, targets)], IGNORE_INDEX, self.padding_side)
+        out["target_ids"] = pad_rows([[IGNORE_INDEX] * len(s) + t for s, t in zip(sources, targets)], IGNORE_INDEX, self.padding_side)
         return out

@@ -4,30 +4,29 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from functools import cached_property
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ..backbone import TASK_FORMATS, ArchitectureFacts, load_config, resolve_path
-from ..tasks import get_task
-from .classification import (
-    PAIR_TEMPLATES,
-    ClassificationEncoder,
-    LabelSet,
-    label_ids,
-    resolve_labels,
-    texts,
-    warn_truncated,
-)
-from .collate import Collator, EpochShuffleSampler, ListDataset, ResumableLoader, trainer_position, training_share
-from .ner import NerEncoder, read_tagged, resolve_tags
-from .qa import SPAN_LABELS, QaCollator, QaEncoder, read_questions
-from .sources import RawSplit, SplitReader, check_encoding
+from ..backbone import ArchitectureFacts, load_config, resolve_path
+from ..formats import Task, TaskFormat, check_task_format
+from .classification import ClassificationEncoder
+from .collate import EpochShuffleSampler, ListDataset, ResumableLoader, trainer_position, training_share
+from .encoding import Columns, EncoderSettings, TaskData, check_counts
+from .labels import LabelSet
+from .ner import NerEncoder
+from .qa import QaEncoder
+from .raw import RawSplit, check_encoding
+from .sources import SplitReader
 
 STAGES = ("train", "validation", "test", "predict")
+# task -> the class that reads, encodes and collates its data (see encoding.TaskData).
+DATA_ENCODERS: dict[str, type[TaskData]] = {"classification": ClassificationEncoder, "ner": NerEncoder, "qa": QaEncoder}
 
 
 def check_data_files(data_files: dict | None, splits: dict[str, str]) -> None:
@@ -92,8 +91,8 @@ class PromptDataModule(LightningDataModule):
     def __init__(
         self,
         backbone: str = "",
-        task: str = "classification",
-        task_format: str = "head",
+        task: Task = "classification",
+        task_format: TaskFormat = "head",
         dataset: str | None = None,
         dataset_config: str | None = None,
         data_files: dict[str, str | list[str]] | None = None,
@@ -108,29 +107,29 @@ class PromptDataModule(LightningDataModule):
         question_column: str = "question",
         context_column: str = "context",
         answers_column: str = "answers",
-        stride: int = 128,
+        stride: NonNegativeInt = 128,
         label_names: list[str] | None = None,
         verbalizer: dict[str, str] | None = None,
         template: str | None = None,
         target_template: str = " {label}",
-        max_length: int = 256,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        max_length: PositiveInt = 256,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
     ):
         super().__init__()
-        if task_format not in TASK_FORMATS:
-            raise ValueError(f"data.init_args.task_format={task_format!r} is not one of {TASK_FORMATS}")
-        get_task(task, task_format)  # an unknown task, or a format the task lacks, fails here
+        check_task_format(task, task_format)  # an unknown task, or a format the task lacks, fails here
+        check_counts(1, max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        check_counts(0, stride=stride, num_workers=num_workers)
         if not backbone:
-            raise ValueError("data.init_args.backbone is empty (the CLI links it from model.init_args.backbone)")
+            raise ValueError("backbone is empty (the CLI links it from model.init_args.backbone)")
         # Kept in checkpoints, not sent to loggers: the model logs the linked values (label names).
         self.save_hyperparameters(logger=False)
         self.splits = {"train": "train", "validation": "validation", "test": "test", "predict": "test"}
         self.splits.update(splits or {})
         unknown = set(self.splits) - set(STAGES)
         if unknown:
-            raise ValueError(f"data.init_args.splits has unknown stages {sorted(unknown)}; use {STAGES}")
+            raise ValueError(f"splits has unknown stages {sorted(unknown)}; use {STAGES}")
         check_encoding(encoding)
         check_data_files(data_files, self.splits)
         self.datasets: dict[str, ListDataset] = {}
@@ -141,16 +140,23 @@ class PromptDataModule(LightningDataModule):
         h = self.hparams
         return SplitReader(h.dataset, h.dataset_config, h.data_files, h.get("encoding", "utf-8"))
 
+    @property
+    def task_data(self) -> type[TaskData]:
+        """The class that reads, encodes and collates this task's data."""
+        return DATA_ENCODERS[self.hparams.task]
+
+    @cached_property
+    def columns(self) -> Columns:
+        h = self.hparams
+        return Columns(text=h.text_column, text_pair=h.text_pair_column, label=h.label_column, id=h.id_column,
+                       tokens=h.tokens_column, tags=h.tags_column, question=h.question_column,
+                       context=h.context_column, answers=h.answers_column)
+
     @cached_property
     def labels(self) -> LabelSet:
         """The label (ner: tag) names and how the data's values find them (by value, or integer ids
         as indices where the names come from the config or a ClassLabel feature)."""
-        if self.hparams.task == "qa":
-            return LabelSet(list(SPAN_LABELS), True, "the span head")
-        train = None if self.hparams.label_names else self.reader.get(self.splits["train"])
-        if self.hparams.task == "ner":
-            return resolve_tags(self.hparams.label_names, train, self.hparams.tags_column)
-        return resolve_labels(self.hparams.label_names, train, self.hparams.label_column)
+        return self.task_data.read_labels(self.hparams.label_names, lambda: self.reader.get(self.splits["train"]), self.columns)
 
     @property
     def label_names(self) -> list[str]:
@@ -162,10 +168,8 @@ class PromptDataModule(LightningDataModule):
 
     @cached_property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        # Words of a tagged sentence are tokenized one by one: byte-level BPE needs the space a
-        # word has inside a sentence (other tokenizers ignore the flag).
-        words = {"add_prefix_space": True} if self.hparams.task_format == "token" else {}
-        tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.hparams.backbone), **words)
+        options = self.task_data.tokenizer_options(self.hparams.task_format)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_path(self.hparams.backbone), **options)
         if tokenizer.pad_token is None:  # GPT-2 style tokenizers: pad with EOS, masked out anyway
             tokenizer.pad_token = tokenizer.eos_token
         if self.facts.is_decoder_only:
@@ -177,40 +181,34 @@ class PromptDataModule(LightningDataModule):
         return ArchitectureFacts.from_config(load_config(self.hparams.backbone))
 
     @cached_property
-    def encoder(self) -> ClassificationEncoder | NerEncoder | QaEncoder:
+    def encoder(self) -> TaskData:
         h = self.hparams
-        if h.task == "qa":
-            if h.task_format == "span" and h.stride >= h.max_length // 2:  # windows overlap by stride
-                raise ValueError(f"data.init_args.stride={h.stride} must be below half of max_length={h.max_length}")
-            return QaEncoder(self.tokenizer, h.task_format, self.facts.is_encoder_decoder, h.template, h.max_length, h.stride)
-        if h.task == "ner":
-            return NerEncoder(self.tokenizer, h.task_format, self.facts.is_encoder_decoder, self.label_names,
-                              h.template, h.max_length)
-        verbalizer = h.verbalizer or {}
-        missing = [n for n in verbalizer if n not in self.label_names]
-        if missing:
-            raise ValueError(f"data.init_args.verbalizer names labels {missing} that are not in {self.label_names}")
-        template = h.template
-        if template is None and h.text_pair_column and h.task_format != "head":
-            template = PAIR_TEMPLATES[h.task_format]
-        return ClassificationEncoder(
-            tokenizer=self.tokenizer,
-            task_format=h.task_format,
-            is_encoder_decoder=self.facts.is_encoder_decoder,
-            label_words=[verbalizer.get(n, n) for n in self.label_names],
-            template=template,
-            target_template=h.target_template,
-            max_length=h.max_length,
-        )
+        return self.task_data.build(EncoderSettings(
+            tokenizer=self.tokenizer, task_format=h.task_format, is_encoder_decoder=self.facts.is_encoder_decoder,
+            labels=self.labels, columns=self.columns, template=h.template, target_template=h.target_template,
+            verbalizer=h.verbalizer, max_length=h.max_length, stride=h.stride,
+        ))
 
     @property
     def template_virtual_tokens(self) -> int:
         """How many ``[P:n]`` virtual tokens the template holds (P-tuning)."""
-        return getattr(self.encoder, "virtual_tokens", 0)
+        return self.encoder.virtual_tokens
 
     @property
     def verbalizer_token_ids(self) -> list[int] | None:
+        # Linked to the model when the CLI builds it: only cloze has label words to look up, and the
+        # other formats must not load the tokenizer that early.
         return self.encoder.verbalizer_token_ids() if self.hparams.task_format == "cloze" else None
+
+    def encode(self, split: RawSplit, stage: str) -> ListDataset:
+        """A split's rows as this task's features (``stage``: predict rows need no labels). The rows
+        are read and checked first: a mistake in the data is reported before the tokenizer loads."""
+        rows = self.task_data.read(split, stage, self.columns, lambda: self.labels)
+        return self.encoder.encode(rows)
+
+    def collator(self, train: bool) -> Callable[[list[dict]], dict]:
+        """The collate function of training batches, or (not ``train``) of evaluation and predict batches."""
+        return self.encoder.collator(train)
 
     # --- Lightning hooks ------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -223,65 +221,7 @@ class PromptDataModule(LightningDataModule):
                 if stage is not None and name != "validation":  # validation is optional in fit
                     raise ValueError(f"no data for stage {name!r}: split {self.splits[name]!r} not found")
                 continue
-            self.datasets[name] = self._encode(name, split)
-
-    def _encode(self, stage: str, split: RawSplit) -> ListDataset:
-        h = self.hparams
-        if h.task == "ner":
-            return self._encode_ner(stage, split)
-        if h.task == "qa":
-            return self._encode_qa(stage, split)
-        text = texts(split, h.text_column, "text_column")
-        pair = texts(split, h.text_pair_column, "text_pair_column") if h.text_pair_column else None
-        labels = label_ids(split, h.label_column, self.labels, required=stage != "predict")
-        ids = split.column(h.id_column, "id_column") if h.id_column else list(range(len(text)))
-        features, truncated = self.encoder.encode(text, pair)
-        warn_truncated(split.source, truncated, len(text), h.max_length)
-        for feature, example_id, label in zip(features, ids, labels):
-            feature["id"], feature["label"] = example_id, label
-        return ListDataset(features)
-
-    def _encode_ner(self, stage: str, split: RawSplit) -> ListDataset:
-        h = self.hparams
-        sentences, tags = read_tagged(split, h.tokens_column, h.tags_column, self.labels, required=stage != "predict")
-        ids = split.column(h.id_column, "id_column") if h.id_column else list(range(len(sentences)))
-        features, truncated = self.encoder.encode(sentences, tags)
-        warn_truncated(split.source, truncated, len(sentences), h.max_length)
-        for feature, example_id in zip(features, ids):
-            feature["id"] = example_id
-        return ListDataset(features)
-
-    def _encode_qa(self, stage: str, split: RawSplit) -> ListDataset:
-        h = self.hparams
-        columns = {"question": h.question_column, "context": h.context_column, "answers": h.answers_column,
-                   "id": h.id_column or "id"}
-        examples = read_questions(split, columns, labelled=stage != "predict")
-        if h.task_format == "text_to_text":
-            features, truncated = self.encoder.text_features(examples, around_answer=stage == "train")
-            warn_truncated(split.source, truncated, len(examples), h.max_length)
-            for feature, e in zip(features, examples):
-                feature.update(id=e.id, answers=e.answers, starts=e.starts, context=e.context)
-            return ListDataset(features)
-        windows = self.encoder.windows(examples)
-        if stage == "train":  # training steps over windows
-            return ListDataset([{**w, "id": e.id} for e, ws in zip(examples, windows) for w in ws])
-        return ListDataset([
-            {"id": e.id, "context": e.context, "answers": e.answers, "starts": e.starts, "windows": ws}
-            for e, ws in zip(examples, windows)
-        ])
-
-    def _collator(self, with_candidates: bool) -> Collator:
-        fmt, classification = self.hparams.task_format, self.hparams.task == "classification"
-        if fmt == "span":
-            return QaCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side, train=not with_candidates)
-        return Collator(
-            pad_id=self.tokenizer.pad_token_id,
-            padding_side=self.tokenizer.padding_side,
-            task_format=fmt,
-            is_encoder_decoder=self.facts.is_encoder_decoder,
-            class_targets=self.encoder.class_target_ids() if fmt == "text_to_text" and classification else None,
-            with_candidates=with_candidates,
-        )
+            self.datasets[name] = self.encode(split, name)
 
     def _loader(self, stage: str, train: bool = False) -> DataLoader:
         h = self.hparams
@@ -289,7 +229,7 @@ class PromptDataModule(LightningDataModule):
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         settings = dict(
             batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
-            collate_fn=self._collator(with_candidates=not train),
+            collate_fn=self.collator(train),
             num_workers=h.num_workers,
             # Without its own generator every iter() draws from the global RNG, so a resumed run
             # (which adds a sanity-check pass) would see different dropout masks.

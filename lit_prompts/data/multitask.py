@@ -19,17 +19,22 @@ from __future__ import annotations
 import os
 import random
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..loading import build_outside_cli
+from ..contexts import build_outside_cli
 from .collate import ListDataset, ResumableLoader, trainer_position
 from .datamodule import PromptDataModule
-from .sources import RawSplit, _read_files, check_encoding
+from .encoding import check_counts
+from .files import read_files
+from .raw import RawSplit, check_encoding
 
-SAMPLING = ("proportional", "temperature", "round_robin")
+Sampling = Literal["proportional", "temperature", "round_robin"]
+SAMPLING: tuple[str, ...] = get_args(Sampling)
 
 
 @contextmanager
@@ -51,7 +56,7 @@ class TaskBatches(Dataset):
 
     def __init__(self, modules: dict[str, PromptDataModule]):
         self.modules = modules
-        self.collators = {name: m._collator(with_candidates=False) for name, m in modules.items()}
+        self.collators = {name: m.collator(train=True) for name, m in modules.items()}
 
     def __getitem__(self, item: tuple[str, list[int]]) -> dict:
         task, indices = item
@@ -133,25 +138,27 @@ class MultiTaskDataModule(LightningDataModule):
         encoding: text encoding of ``predict_files`` (each task's files: its own ``encoding``).
     """
 
-    def __init__(self, tasks: dict[str, dict], backbone: str = "", sampling: str = "proportional",
-                 temperature: float = 2.0, batch_size: int = 32, eval_batch_size: int | None = None,
+    def __init__(self, tasks: dict[str, dict], backbone: str = "", sampling: Sampling = "proportional",
+                 temperature: PositiveFloat = 2.0, batch_size: PositiveInt = 32, eval_batch_size: PositiveInt | None = None,
                  predict_files: str | list[str] | None = None, task_column: str = "task", encoding: str = "utf-8"):
         super().__init__()
         if not tasks:
-            raise ValueError("data.init_args.tasks is empty: name at least one task")
+            raise ValueError("tasks is empty: name at least one task")
         if sampling not in SAMPLING:
-            raise ValueError(f"data.init_args.sampling={sampling!r} is not one of {SAMPLING}")
+            raise ValueError(f"sampling={sampling!r} is not one of {SAMPLING}")
         if temperature <= 0:
-            raise ValueError(f"data.init_args.temperature must be > 0, got {temperature}")
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_counts(1, batch_size=batch_size, eval_batch_size=eval_batch_size)
         self.save_hyperparameters(logger=False)
         self.modules = {}
         for name, spec in tasks.items():
             clashes = {"backbone", "batch_size", "eval_batch_size"} & set(spec)
             if clashes:
-                raise ValueError(f"data.init_args.tasks.{name}: {sorted(clashes)} are set once for all tasks")
+                raise ValueError(f"tasks.{name}: {sorted(clashes)} are set once for all tasks")
             with options_of(name):
-                self.modules[name] = build_outside_cli(
-                    PromptDataModule, backbone=backbone, batch_size=batch_size, eval_batch_size=eval_batch_size, **spec
+                self.modules[name] = build_outside_cli(  # plain ints: the command line hands int subclasses
+                    PromptDataModule, backbone=backbone, batch_size=int(batch_size),
+                    eval_batch_size=None if eval_batch_size is None else int(eval_batch_size), **spec
                 )
         check_encoding(encoding)
         self.task_names = list(self.modules)
@@ -178,7 +185,7 @@ class MultiTaskDataModule(LightningDataModule):
     def _setup_mixed_predict(self) -> None:
         if not self.hparams.predict_files:
             raise ValueError("predict with a MultiTaskDataModule reads data.init_args.predict_files: set it")
-        split = _read_files("predict", self.hparams.predict_files, self.hparams.get("encoding", "utf-8"),
+        split = read_files("predict", self.hparams.predict_files, self.hparams.get("encoding", "utf-8"),
                             option="data.init_args.predict_files")
         tasks = split.column(self.hparams.task_column, "task_column")
         unknown = sorted({str(t) for t in tasks} - set(self.modules))
@@ -194,7 +201,7 @@ class MultiTaskDataModule(LightningDataModule):
                 continue
             part = RawSplit(split.rows.select(rows), f"{split.source} (rows of task {name!r})")
             with options_of(name):
-                encoded = module._encode("predict", part)
+                encoded = module.encode(part, "predict")
             for row, feature in zip(rows, encoded):
                 if module.hparams.id_column is None:
                     feature["id"] = row if file_ids[row] is None else file_ids[row]
@@ -202,7 +209,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.datasets = {"predict": ListDataset(features)}
 
     def predict_dataloader(self) -> DataLoader:
-        collate = MixedCollator({name: m._collator(with_candidates=True) for name, m in self.modules.items()})
+        collate = MixedCollator({name: m.collator(train=False) for name, m in self.modules.items()})
         return DataLoader(self.datasets["predict"], batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
                           collate_fn=collate)
 

@@ -1,4 +1,4 @@
-"""Named-entity recognition: BIO tag sets, entity spans, and encoding into two task formats.
+"""Named-entity recognition: BIO tag sets, reading tagged sentences, and encoding into two task formats.
 
 token         words -> sub-tokens; each word's tag sits on its first sub-token, -100 elsewhere;
               a trainable head tags every token
@@ -8,66 +8,26 @@ text_to_text  template -> source; target = the entities linearised (``EU [ORG]; 
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
 
 from transformers import PreTrainedTokenizerBase
 
-from .classification import LabelSet
-from .sources import RawSplit
+from ..ner_spans import linearize
+from .collate import Collator, ListDataset
+from .encoding import Columns, EncoderSettings, Rows, example_ids, warn_truncated
+from .labels import LabelSet
+from .raw import RawSplit
 from .templates import fit_to_length, target_ids
 
-NO_ENTITIES = "none"
 DEFAULT_NER_TEMPLATE = "Sentence: {text}\nEntities:"
-_ENTITY = re.compile(r"^(?P<text>.+?)\s*\[(?P<type>[^\[\]]+)\]$")
 
 
 def check_bio(tag: str, where: str) -> None:
     if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
         raise ValueError(f"{where}: tag {tag!r} is not in the BIO scheme (O, B-TYPE, I-TYPE)")
-
-
-def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first word, last word) of each entity, with seqeval's default (conlleval) reading of
-    BIO: an entity starts at B-, or at an I- that does not continue an entity of its type."""
-    spans, kind, start = [], None, 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, tag_type = (tag[0], tag[2:]) if tag != "O" else ("O", None)
-        if kind is not None and (prefix != "I" or tag_type != kind):
-            spans.append((kind, start, i - 1))
-            kind = None
-        if prefix == "B" or (prefix == "I" and kind is None):
-            kind, start = tag_type, i
-    return spans
-
-
-def linearize(tokens: list[str], tags: list[str]) -> str:
-    """``EU [ORG]; German [MISC]`` (``none`` for a sentence without entities)."""
-    parts = [f"{' '.join(tokens[s : e + 1])} [{kind}]" for kind, s, e in entity_spans(tags)]
-    return "; ".join(parts) or NO_ENTITIES
-
-
-def parse_linearized(text: str, tokens: list[str], types: set[str]) -> list[str]:
-    """Generated text back to BIO tags over ``tokens``: each ``words [TYPE]`` part takes the first
-    untagged run of exactly those words, searching left to right; parts that name an unknown type or
-    words not in the sentence are dropped (they cannot be placed)."""
-    tags = ["O"] * len(tokens)
-    cursor = 0
-    for part in text.split(";"):
-        match = _ENTITY.match(part.strip())
-        if not match or match["type"].strip() not in types:
-            continue
-        words = match["text"].split()
-        kind = match["type"].strip()
-        for begin in [*range(cursor, len(tokens)), *range(0, cursor)]:
-            end = begin + len(words)
-            if tokens[begin:end] == words and all(t == "O" for t in tags[begin:end]):
-                tags[begin:end] = [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
-                cursor = end
-                break
-    return tags
 
 
 def tag_order(tags) -> list[str]:
@@ -165,7 +125,8 @@ def read_tagged(split: RawSplit, tokens_column: str, tags_column: str | None, ta
 
 @dataclass
 class NerEncoder:
-    """Sentences (word lists) into features of the ``token`` or ``text_to_text`` format."""
+    """Sentences (word lists) into features of the ``token`` or ``text_to_text`` format: the
+    ``TaskData`` of NER."""
 
     tokenizer: PreTrainedTokenizerBase
     task_format: str
@@ -174,7 +135,43 @@ class NerEncoder:
     template: str | None
     max_length: int
 
-    def encode(self, sentences: list[list[str]], tags: list[list[int] | None]) -> tuple[list[dict], int]:
+    virtual_tokens = 0  # NER templates hold no [P:n] markers
+
+    @classmethod
+    def tokenizer_options(cls, task_format: str) -> dict:
+        # Words of a tagged sentence are tokenized one by one: byte-level BPE needs the space a
+        # word has inside a sentence (other tokenizers ignore the flag).
+        return {"add_prefix_space": True} if task_format == "token" else {}
+
+    @classmethod
+    def read_labels(cls, configured: list[str] | None, train: Callable[[], RawSplit | None], columns: Columns) -> LabelSet:
+        return resolve_tags(configured, None if configured else train(), columns.tags)
+
+    @classmethod
+    def build(cls, settings: EncoderSettings) -> NerEncoder:
+        return cls(settings.tokenizer, settings.task_format, settings.is_encoder_decoder, settings.labels.names,
+                   settings.template, settings.max_length)
+
+    @classmethod
+    def read(cls, split: RawSplit, stage: str, columns: Columns, labels: Callable[[], LabelSet]) -> Rows:
+        sentences, tags = read_tagged(split, columns.tokens, columns.tags, labels(), required=stage != "predict")
+        return Rows(split.source, stage, example_ids(split, columns.id, len(sentences)), sentences, targets=tags)
+
+    def encode(self, rows: Rows) -> ListDataset:
+        features, truncated = self.encode_sentences(rows.inputs, rows.targets)
+        warn_truncated(rows.source, truncated, len(rows.inputs), self.max_length)
+        for feature, example_id in zip(features, rows.ids):
+            feature["id"] = example_id
+        return ListDataset(features)
+
+    def collator(self, train: bool) -> Callable[[list[dict]], dict]:
+        return Collator.for_tokenizer(self.tokenizer, self.task_format, self.is_encoder_decoder, train)
+
+    def verbalizer_token_ids(self) -> None:
+        return None
+
+    def encode_sentences(self, sentences: list[list[str]], tags: list[list[int] | None]) -> tuple[list[dict], int]:
+        """Features of sentences (their tag ids, None where unlabelled), and how many were truncated."""
         if self.task_format == "token":
             return self._encode_token(sentences, tags)
         return self._encode_text(sentences, tags)

@@ -8,71 +8,20 @@ text_to_text  template with question and context -> the answer text, generated a
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .collate import _pad
-from .sources import DataFileError, RawSplit, text_encoding
+from .collate import Collator, ListDataset, pad_rows
+from .encoding import Columns, EncoderSettings, Rows, warn_truncated
+from .labels import LabelSet
+from .raw import RawSplit
 from .templates import fit_to_length, target_ids
 
 DEFAULT_QA_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer:"
 SPAN_LABELS = ["start", "end"]  # the span head scores each token as these two
-
-
-_SQUAD_LAYOUT = "data: [{paragraphs: [{context, qas: [{id, question, answers: [{text, answer_start}]}]}]}]"
-
-
-def _fields(value, keys: tuple[str, ...], where: str) -> None:
-    if not isinstance(value, dict):
-        raise DataFileError(f"{where} is a {type(value).__name__}, not an object; SQuAD's layout is {_SQUAD_LAYOUT}")
-    missing = [k for k in keys if k not in value]
-    if missing:
-        raise DataFileError(f"{where} has no {missing[0]!r} field (it has {sorted(value)}); SQuAD's layout is {_SQUAD_LAYOUT}")
-
-
-def read_squad_json(paths: list[str], names: list[str] | None = None, encoding: str = "utf-8") -> datasets.Dataset | None:
-    """The official SQuAD json (articles -> paragraphs -> questions) as one row per question, with
-    the hub dataset's columns: id, title, context, question, answers {text, answer_start}. None when
-    the files are not in that layout (plain json records are read by the ``datasets`` json builder).
-    A question without ``answers`` (a file to predict) gets none; errors name the file and the place."""
-    rows = []
-    for path, name in zip(paths, names or paths):
-        text = Path(path).read_text(encoding=text_encoding(encoding))
-        if not text.lstrip().startswith("{"):
-            return None
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:  # json lines, or not json: the json reader says which line
-            return None
-        articles = document.get("data")
-        if not isinstance(articles, list) or not all(isinstance(a, dict) and "paragraphs" in a for a in articles):
-            return None
-        for a, article in enumerate(articles):
-            paragraphs = article["paragraphs"]
-            if not isinstance(paragraphs, list):
-                raise DataFileError(f"{name}: data[{a}].paragraphs is not a list; SQuAD's layout is {_SQUAD_LAYOUT}")
-            for p, paragraph in enumerate(paragraphs):
-                where = f"{name}: data[{a}].paragraphs[{p}]"
-                _fields(paragraph, ("context", "qas"), where)
-                for q, qa in enumerate(paragraph["qas"]):
-                    _fields(qa, ("id", "question"), f"{where}.qas[{q}]")
-                    answers = qa.get("answers", [])
-                    if not isinstance(answers, list):
-                        raise DataFileError(f"{where}.qas[{q}] (id {qa['id']!r}): answers is not a list; "
-                                            f"SQuAD's layout is {_SQUAD_LAYOUT}")
-                    for k, answer in enumerate(answers):
-                        _fields(answer, ("text", "answer_start"), f"{where}.qas[{q}].answers[{k}] (id {qa['id']!r})")
-                    rows.append({
-                        "id": qa["id"], "title": article.get("title", ""), "context": paragraph["context"],
-                        "question": qa["question"],
-                        "answers": {"text": [x["text"] for x in answers], "answer_start": [x["answer_start"] for x in answers]},
-                    })
-    return datasets.Dataset.from_list(rows)
 
 
 @dataclass
@@ -84,24 +33,26 @@ class QaExample:
     starts: list[int]
 
 
-def read_questions(split: RawSplit, columns: dict[str, str], labelled: bool) -> list[QaExample]:
-    """Rows as examples; every answer must be found at its ``answer_start`` (errors name the record)."""
-    question, context = split.column(columns["question"], "question_column"), split.column(columns["context"], "context_column")
-    ids = split.column(columns["id"], "id_column") if columns["id"] in split.rows.column_names else range(len(question))
-    has_answers = columns["answers"] in split.rows.column_names
+def read_questions(split: RawSplit, columns: Columns, labelled: bool) -> list[QaExample]:
+    """Rows as examples; every answer must be found at its ``answer_start`` (errors name the record).
+    Ids: the id column, else the "id" column where there is one, else the row number."""
+    question, context = split.column(columns.question, "question_column"), split.column(columns.context, "context_column")
+    id_column = columns.id or "id"
+    ids = split.column(id_column, "id_column") if id_column in split.rows.column_names else range(len(question))
+    has_answers = columns.answers in split.rows.column_names
     if labelled and not has_answers:
-        split.column(columns["answers"], "answers_column")  # raises, naming the column
-    answers = split.rows[columns["answers"]] if has_answers else [None] * len(question)
+        split.column(columns.answers, "answers_column")  # raises, naming the column
+    answers = split.rows[columns.answers] if has_answers else [None] * len(question)
     examples = []
     for row, (qid, q, c, a) in enumerate(zip(ids, question, context, answers)):
         where = f"{split.source}: record {row} (id {qid!r})"
-        for value, name in ((q, "question"), (c, "context")):
+        for value, name, column in ((q, "question", columns.question), (c, "context", columns.context)):
             if not isinstance(value, str) or not value.strip():
                 found = "empty" if value is None or not str(value).strip() else f"a {type(value).__name__}, not text"
-                raise ValueError(f"{where}: the {name} (column {columns[name]!r}) is {found}")
-        texts, starts = _answers(a, where, columns["answers"])
+                raise ValueError(f"{where}: the {name} (column {column!r}) is {found}")
+        texts, starts = _answers(a, where, columns.answers)
         if labelled and not texts:
-            raise ValueError(f"{where}: no answer (its {columns['answers']!r} are missing or empty); "
+            raise ValueError(f"{where}: no answer (its {columns.answers!r} are missing or empty); "
                              "questions to train or evaluate on need one")
         for text, start in zip(texts, starts):
             if not isinstance(text, str) or not text.strip():
@@ -136,12 +87,61 @@ def _answers(value, where: str, column: str) -> tuple[list, list]:
 
 @dataclass
 class QaEncoder:
+    """Questions with their contexts into features of the ``span`` or ``text_to_text`` format: the
+    ``TaskData`` of extractive QA."""
+
     tokenizer: PreTrainedTokenizerBase
     task_format: str
     is_encoder_decoder: bool
     template: str | None
     max_length: int
     stride: int
+
+    virtual_tokens = 0  # QA templates hold no [P:n] markers
+
+    @classmethod
+    def tokenizer_options(cls, task_format: str) -> dict:
+        return {}
+
+    @classmethod
+    def read_labels(cls, configured: list[str] | None, train: Callable[[], RawSplit | None], columns: Columns) -> LabelSet:
+        return LabelSet(list(SPAN_LABELS), True, "the span head")
+
+    @classmethod
+    def build(cls, settings: EncoderSettings) -> QaEncoder:
+        if settings.task_format == "span" and settings.stride >= settings.max_length // 2:  # windows overlap by stride
+            raise ValueError(f"stride={settings.stride} must be below half of max_length={settings.max_length}")
+        return cls(settings.tokenizer, settings.task_format, settings.is_encoder_decoder, settings.template,
+                   settings.max_length, settings.stride)
+
+    @classmethod
+    def read(cls, split: RawSplit, stage: str, columns: Columns, labels: Callable[[], LabelSet]) -> Rows:
+        examples = read_questions(split, columns, labelled=stage != "predict")
+        return Rows(split.source, stage, [e.id for e in examples], examples)
+
+    def encode(self, rows: Rows) -> ListDataset:
+        examples, stage = rows.inputs, rows.stage
+        if self.task_format == "text_to_text":
+            features, truncated = self.text_features(examples, around_answer=stage == "train")
+            warn_truncated(rows.source, truncated, len(examples), self.max_length)
+            for feature, e in zip(features, examples):
+                feature.update(id=e.id, answers=e.answers, starts=e.starts, context=e.context)
+            return ListDataset(features)
+        windows = self.windows(examples)
+        if stage == "train":  # training steps over windows
+            return ListDataset([{**w, "id": e.id} for e, ws in zip(examples, windows) for w in ws])
+        return ListDataset([
+            {"id": e.id, "context": e.context, "answers": e.answers, "starts": e.starts, "windows": ws}
+            for e, ws in zip(examples, windows)
+        ])
+
+    def collator(self, train: bool) -> Callable[[list[dict]], dict]:
+        if self.task_format == "span":
+            return QaCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side, train=train)
+        return Collator.for_tokenizer(self.tokenizer, self.task_format, self.is_encoder_decoder, train)
+
+    def verbalizer_token_ids(self) -> None:
+        return None
 
     def windows(self, examples: list[QaExample]) -> list[list[dict]]:
         """Per example: its windows, each with input ids, the context offsets of its tokens (None
@@ -226,10 +226,10 @@ class QaCollator:
                 "offsets": [w["offsets"] for w in windows],
             }
         rows = [w["input_ids"] for w in windows]
-        batch["input_ids"] = _pad(rows, self.pad_id, self.padding_side)
-        batch["attention_mask"] = _pad([[1] * len(r) for r in rows], 0, self.padding_side)
+        batch["input_ids"] = pad_rows(rows, self.pad_id, self.padding_side)
+        batch["attention_mask"] = pad_rows([[1] * len(r) for r in rows], 0, self.padding_side)
         if "token_type_ids" in windows[0]:
-            batch["token_type_ids"] = _pad([w["token_type_ids"] for w in windows], 0, self.padding_side)
+            batch["token_type_ids"] = pad_rows([w["token_type_ids"] for w in windows], 0, self.padding_side)
         # Left padding moves every token right by the padding in front of it.
         shift = [batch["input_ids"].shape[1] - len(r) if self.padding_side == "left" else 0 for r in rows]
         batch["pad_shift"] = torch.tensor(shift)

@@ -1,13 +1,19 @@
-"""Prompt methods: one module each, all subclasses of ``PromptMethod``."""
+"""Prompt modules: one file per method, each only its maths (``forward(context) -> PromptOutput``).
 
-from .base import PromptMethod
-from .deep import DeepPromptMethod
-from .full_finetuning import FullFineTuning
-from .multitask import MultiTaskPromptTuning
-from .p_tuning import PTuning
-from .p_tuning_v2 import PTuningV2
-from .prefix_tuning import PrefixTuning
-from .prompt_pool import PromptPool
-from .prompt_tuning import PromptTuning
+The LightningModules that train them (``PromptTuning``, ``PTuningV2``, ...) are in ``lit_prompts.training``.
+"""
 
-__all__ = ["DeepPromptMethod", "FullFineTuning", "MultiTaskPromptTuning", "PTuning", "PTuningV2", "PrefixTuning", "PromptMethod", "PromptPool", "PromptTuning"]
+from .base import MeanQuery, NoPrompt, Prompt, PromptContext, PromptOutput, ReparameterizedPrompt, expand_rows
+from .multitask import MultiTaskPrompt
+from .p_tuning import EncodedPrompt, PromptEncoder
+from .p_tuning_v2 import DeepPrompt
+from .prefix_tuning import Prefix
+from .prompt_pool import PoolPrompt
+from .prompt_tuning import SoftPrompt
+
+# The prompt modules a shared prompt file may name (see ``lit_prompts.load_prompt``).
+PROMPT_CLASSES = {cls.__name__: cls for cls in (SoftPrompt, EncodedPrompt, Prefix, DeepPrompt, PoolPrompt, MultiTaskPrompt, NoPrompt)}
+
+__all__ = ["PROMPT_CLASSES", "DeepPrompt", "EncodedPrompt", "MeanQuery", "MultiTaskPrompt", "NoPrompt", "PoolPrompt",
+           "Prefix", "Prompt", "PromptContext", "PromptEncoder", "PromptOutput", "ReparameterizedPrompt", "SoftPrompt",
+           "expand_rows"]

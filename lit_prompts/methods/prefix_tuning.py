@@ -1,9 +1,9 @@
 """Prefix tuning (Li & Liang, 2021): trained keys and values in front of every self-attention layer.
 
 Shapes: prefix [L, 2, H_kv, P, d] (L self-attention layers, both stacks for T5; H_kv key/value
-heads of width d), so the exported prompt has L·2·P·H_kv·d values (+ head). While training, the
-prefix comes from ``ReparameterizedPrompt``: embedding [P, H] → Linear(H, h) → Tanh →
-Linear(h, L·2·H_kv·d); export folds it into the plain prefix.
+heads of width d): L·2·P·H_kv·d values. While training, the prefix may come from
+``ReparameterizedPrompt``: embedding [P, H] → Linear(H, h) → Tanh → Linear(h, L·2·H_kv·d); export
+folds it into the plain prefix.
 """
 
 from __future__ import annotations
@@ -11,49 +11,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .deep import DeepPromptMethod, ReparameterizedPrompt
+from .base import Prompt, PromptContext, PromptOutput, ReparameterizedPrompt
 
 
-class PrefixTuning(DeepPromptMethod):
-    """Prefix tuning; ``reparameterize`` (default True) trains through the MLP.
+class Prefix(Prompt):
+    """Key/value prefixes of ``length`` positions per layer; ``reparam_hidden_size`` trains them through the MLP."""
 
-    Args:
-        num_virtual_tokens: prefix length P.
-        reparameterize: train through the MLP reparameterisation, as in Li & Liang.
-        reparam_hidden_size: the MLP's hidden width h.
-        **kwargs: see ``PromptMethod``.
-    """
-
-    default_lr = 1e-3
-
-    def __init__(self, num_virtual_tokens: int = 20, reparameterize: bool = True, reparam_hidden_size: int = 512, **kwargs):
-        super().__init__(num_virtual_tokens, reparameterize, reparam_hidden_size, **kwargs)
-        layers, _, kv_heads, length, head_dim = self.prefix_shape()
-        if reparameterize:
-            width = layers * 2 * kv_heads * head_dim
-            self.reparam = ReparameterizedPrompt(length, self.facts.hidden_size, reparam_hidden_size, width)
+    def __init__(self, num_layers: int, num_kv_heads: int, length: int, head_dim: int, hidden_size: int,
+                 reparam_hidden_size: int | None = None, init: Tensor | None = None):
+        super().__init__(num_layers=num_layers, num_kv_heads=num_kv_heads, length=length, head_dim=head_dim,
+                         hidden_size=hidden_size, reparam_hidden_size=reparam_hidden_size)
+        self.shape = (num_layers, 2, num_kv_heads, length, head_dim)
+        if reparam_hidden_size:
+            width = num_layers * 2 * num_kv_heads * head_dim
+            self.reparam = ReparameterizedPrompt(length, hidden_size, reparam_hidden_size, width)
         else:
-            self.prefix = nn.Parameter(self._initial_prefix())
-
-    def _initial_prefix(self) -> Tensor:
-        # Keys and values of random vocabulary tokens under each layer's own projections: the scale
-        # the layer's attention expects, rather than an arbitrary one.
-        with torch.no_grad():
-            layers = []
-            for layer in range(self.num_layers):
-                tokens = self.vocab_embeddings((self.hparams.num_virtual_tokens,))
-                layers.append(torch.stack(self.injector.project(layer, tokens, self.facts.num_key_value_heads)))
-        return torch.stack(layers).float()
+            self.prefix = nn.Parameter(init.clone() if init is not None else torch.zeros(self.shape))
 
     def full_prefix(self) -> Tensor:
         """[L, 2, H_kv, P, d]."""
-        if not self.hparams.reparameterize:
+        if not self.settings["reparam_hidden_size"]:
             return self.prefix
-        layers, _, kv_heads, length, head_dim = self.prefix_shape()
+        layers, _, kv_heads, length, head_dim = self.shape
         return self.reparam().view(length, layers, 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
 
-    def layer_prefixes(self) -> list[tuple[Tensor, Tensor]]:
-        return [(layer[0], layer[1]) for layer in self.full_prefix()]
+    def forward(self, context: PromptContext) -> PromptOutput:
+        return PromptOutput(layer_kv=[(layer[0], layer[1]) for layer in self.full_prefix()])
 
-    def folded_tensors(self) -> dict[str, Tensor]:
-        return {"prefix": self.full_prefix().contiguous()}
+    def folded(self) -> Prefix:
+        if not self.settings["reparam_hidden_size"]:
+            return self
+        return Prefix(**{**self.settings, "reparam_hidden_size": None}, init=self.full_prefix().detach().contiguous())

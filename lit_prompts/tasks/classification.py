@@ -1,39 +1,117 @@
 """Classification: a head over pooled hidden states, cloze scoring, or text-to-text with rank
-classification over the label words."""
+classification over the label words (or generated text)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ..pooling import pool_hidden
+from .protocol import PromptedModel
 
-class ClassificationTask:
-    formats = ("head", "cloze", "text_to_text")
-    monitor = "val/accuracy"
-    monitor_scale = 1.0  # to 0-1, for averages over tasks
+Pooling = Literal["auto", "first", "last", "mean"]
 
-    def metrics(self, label_names: list[str]) -> MetricCollection:
-        return MetricCollection({
-            "accuracy": MulticlassAccuracy(len(label_names), average="micro"),
-            "macro_f1": MulticlassF1Score(len(label_names), average="macro"),
-        })
 
-    def loss(self, method, batch: dict) -> Tensor:
-        """Head and cloze formats (text-to-text is the method's language-modelling loss)."""
-        return F.cross_entropy(method.class_logits(batch), batch["label"])
+def classifier(hidden_size: int, outputs: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden_size, outputs))
 
-    def update(self, method, batch: dict, metrics: MetricCollection) -> None:
-        metrics.update(method.scores(batch), batch["label"])
 
-    def predict(self, method, batch: dict) -> list[dict]:
-        if method.hparams.predict_with == "generate":
-            texts = method.generate(batch["source"])
-            return [{"id": i, "text": t} for i, t in zip(batch["ids"], texts)]
-        score, index = method.scores(batch).softmax(-1).max(-1)
-        names = method.label_names
-        return [
-            {"id": i, "label": names[k], "score": round(s, 6)}
-            for i, k, s in zip(batch["ids"], index.tolist(), score.tolist())
-        ]
+class ClassificationFormat(nn.Module):
+    """Scores per label in any format; the loss, metrics and predictions follow from them."""
+
+    task, reads = "classification", ""
+    monitor, monitor_scale = "val/accuracy", 1.0  # monitor_scale: to 0-1, for averages over tasks
+
+    def __init__(self, label_names: list[str]):
+        super().__init__()
+        self.label_names = list(label_names)
+
+    def metrics(self) -> MetricCollection:
+        n = len(self.label_names)
+        return MetricCollection({"accuracy": MulticlassAccuracy(n, average="micro"),
+                                 "macro_f1": MulticlassF1Score(n, average="macro")})
+
+    def scores(self, model: PromptedModel, batch: dict) -> Tensor:
+        """[B, num_labels]."""
+        raise NotImplementedError
+
+    def loss(self, model: PromptedModel, batch: dict) -> Tensor:
+        return F.cross_entropy(self.scores(model, batch), batch["label"])
+
+    def update(self, model: PromptedModel, batch: dict, metrics: MetricCollection) -> None:
+        metrics.update(self.scores(model, batch), batch["label"])
+
+    def predict(self, model: PromptedModel, batch: dict) -> list[dict]:
+        score, index = self.scores(model, batch).softmax(-1).max(-1)
+        return [{"id": i, "label": self.label_names[k], "score": round(s, 6)}
+                for i, k, s in zip(batch["ids"], index.tolist(), score.tolist())]
+
+
+class HeadClassification(ClassificationFormat):
+    """A linear head over the hidden states pooled over the text's real tokens (``pooling``: first,
+    last or mean; ``auto`` is resolved by the caller from the architecture)."""
+
+    format, reads = "head", "hidden"
+
+    def __init__(self, label_names: list[str], hidden_size: int, pooling: Pooling = "first", head_dropout: float = 0.1):
+        super().__init__(label_names)
+        self.pooling = pooling
+        self.head = classifier(hidden_size, len(label_names), head_dropout)
+
+    def scores(self, model: PromptedModel, batch: dict) -> Tensor:
+        hidden = model.hidden_states(batch)
+        return self.head(pool_hidden(hidden, batch["attention_mask"], self.pooling).float())
+
+
+class ClozeClassification(ClassificationFormat):
+    """The masked-LM's scores of each label's verbalizer token at the template's mask."""
+
+    format, reads = "cloze", "masked_lm"
+
+    def __init__(self, label_names: list[str], verbalizer_token_ids: list[int]):
+        super().__init__(label_names)
+        if not verbalizer_token_ids or len(verbalizer_token_ids) != len(label_names):
+            raise ValueError("cloze format needs one verbalizer token id per label (linked from the data module)")
+        self.verbalizer_token_ids = list(verbalizer_token_ids)
+
+    def scores(self, model: PromptedModel, batch: dict) -> Tensor:
+        logits = model.masked_lm_logits(batch)
+        at_mask = logits[torch.arange(logits.shape[0], device=logits.device), batch["mask_index"]]
+        return at_mask[:, self.verbalizer_token_ids].float()
+
+
+class TextToText:
+    """Mixed into every text-to-text format: the target text's mean token loss, and generation settings."""
+
+    reads = "sequence"
+
+    def loss(self, model: PromptedModel, batch: dict) -> Tensor:
+        return -model.sequence_logprobs(batch, "token_mean")
+
+    def generate(self, model: PromptedModel, source: dict) -> list[str]:
+        return model.generate_text(source, self.max_new_tokens, self.num_beams)
+
+
+class TextClassification(TextToText, ClassificationFormat):
+    """Label words as target text: rank classification over them (``predict_with: labels``), or
+    free text (``generate``)."""
+
+    format = "text_to_text"
+
+    def __init__(self, label_names: list[str], predict_with: Literal["labels", "generate"] = "labels",
+                 max_new_tokens: int = 20, num_beams: int = 1):
+        super().__init__(label_names)
+        self.predict_with, self.max_new_tokens, self.num_beams = predict_with, max_new_tokens, num_beams
+
+    def scores(self, model: PromptedModel, batch: dict) -> Tensor:
+        return model.sequence_logprobs(batch["candidates"], "sum").view(len(batch["ids"]), -1)
+
+    def predict(self, model: PromptedModel, batch: dict) -> list[dict]:
+        if self.predict_with == "generate":
+            return [{"id": i, "text": t} for i, t in zip(batch["ids"], self.generate(model, batch["source"]))]
+        return super().predict(model, batch)

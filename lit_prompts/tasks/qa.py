@@ -5,64 +5,97 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.text import SQuAD
 
+from .classification import TextToText, classifier
+from .protocol import PromptedModel
 
-class QaTask:
-    formats = ("span", "text_to_text")
-    monitor = "val/f1"
-    monitor_scale = 0.01  # SQuAD scores are percentages
 
-    def metrics(self, label_names: list[str]) -> MetricCollection:
+class QaFormat(nn.Module):
+    """Answers per example in any format; metrics and predictions follow from them."""
+
+    task, reads = "qa", ""
+    monitor, monitor_scale = "val/f1", 0.01  # SQuAD scores are percentages
+
+    def __init__(self, label_names: list[str]):
+        super().__init__()
+        self.label_names = list(label_names)
+
+    def metrics(self) -> MetricCollection:
         return MetricCollection({"squad": SQuAD()})
 
-    @staticmethod
-    def span_logits(method, batch: dict) -> tuple[Tensor, Tensor]:
+    def answers(self, model: PromptedModel, batch: dict) -> list[tuple[str, float, int]]:
+        """Per example: (answer text, score, character start)."""
+        raise NotImplementedError
+
+    def update(self, model: PromptedModel, batch: dict, metrics: MetricCollection) -> None:
+        found = self.answers(model, batch)
+        preds = [{"prediction_text": text, "id": i} for (text, _, _), i in zip(found, batch["ids"])]
+        target = [{"answers": {"text": a, "answer_start": s}, "id": i}
+                  for a, s, i in zip(batch["answers"], batch["starts"], batch["ids"])]
+        metrics.update(preds, target)
+
+    def predict(self, model: PromptedModel, batch: dict) -> list[dict]:
+        return [
+            {"id": i, "answer": text, "score": round(score, 4) if score != float("-inf") else None, "start": first}
+            for i, (text, score, first) in zip(batch["ids"], self.answers(model, batch))
+        ]
+
+
+class SpanQa(QaFormat):
+    """Start and end scores per token from a linear head; the best span of at most
+    ``max_answer_tokens`` among the ``n_best`` starts and ends of every window."""
+
+    format, reads = "span", "hidden"
+
+    def __init__(self, label_names: list[str], hidden_size: int, head_dropout: float = 0.1, n_best: int = 20,
+                 max_answer_tokens: int = 30):
+        super().__init__(label_names)
+        self.head = classifier(hidden_size, len(label_names), head_dropout)
+        self.n_best, self.max_answer_tokens = n_best, max_answer_tokens
+
+    def span_logits(self, model: PromptedModel, batch: dict) -> tuple[Tensor, Tensor]:
         """Start and end scores [windows, seq]; padding can never be chosen."""
-        logits = method.token_logits(batch).masked_fill(~batch["attention_mask"].bool().unsqueeze(-1), -1e4)
+        logits = self.head(model.hidden_states(batch)).float()
+        logits = logits.masked_fill(~batch["attention_mask"].bool().unsqueeze(-1), -1e4)
         return logits[..., 0], logits[..., 1]
 
-    def loss(self, method, batch: dict) -> Tensor:
-        """Span format (text-to-text is the method's language-modelling loss)."""
-        start, end = self.span_logits(method, batch)
+    def loss(self, model: PromptedModel, batch: dict) -> Tensor:
+        start, end = self.span_logits(model, batch)
         return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
 
-    def answers(self, method, batch: dict) -> list[tuple[str, float, int]]:
-        """Per example: (answer text, score, character start)."""
-        if method.task_format == "text_to_text":
-            texts = method.generate(batch["source"])
-            return [(t.strip(), 0.0, c.find(t.strip())) for t, c in zip(texts, batch["context"])]
-        start, end = (t.float().cpu() for t in self.span_logits(method, batch))
+    def answers(self, model: PromptedModel, batch: dict) -> list[tuple[str, float, int]]:
+        start, end = (t.float().cpu() for t in self.span_logits(model, batch))
         best = [("", float("-inf"), -1) for _ in batch["ids"]]
-        n_best, longest = method.hparams.n_best, method.hparams.max_answer_tokens
         for w, example in enumerate(batch["window_example"]):
             offsets, shift = batch["offsets"][w], int(batch["pad_shift"][w])
             context_positions = torch.tensor([i + shift for i, o in enumerate(offsets) if o is not None])
             if len(context_positions) == 0:
                 continue
-            k = min(n_best, len(context_positions))
+            k = min(self.n_best, len(context_positions))
             starts = context_positions[start[w, context_positions].topk(k).indices].tolist()
             ends = context_positions[end[w, context_positions].topk(k).indices].tolist()
             for s in starts:
                 for e in ends:
-                    if s <= e < s + longest:
+                    if s <= e < s + self.max_answer_tokens:
                         score = float(start[w, s] + end[w, e])
                         if score > best[example][1]:
                             first, last = offsets[s - shift][0], offsets[e - shift][1]
                             best[example] = (batch["context"][example][first:last], score, first)
         return best
 
-    def update(self, method, batch: dict, metrics: MetricCollection) -> None:
-        found = self.answers(method, batch)
-        preds = [{"prediction_text": text, "id": i} for (text, _, _), i in zip(found, batch["ids"])]
-        target = [{"answers": {"text": a, "answer_start": s}, "id": i}
-                  for a, s, i in zip(batch["answers"], batch["starts"], batch["ids"])]
-        metrics.update(preds, target)
 
-    def predict(self, method, batch: dict) -> list[dict]:
-        return [
-            {"id": i, "answer": text, "score": round(score, 4) if score != float("-inf") else None, "start": first}
-            for i, (text, score, first) in zip(batch["ids"], self.answers(method, batch))
-        ]
+class TextQa(TextToText, QaFormat):
+    """The answer generated as text, located in the context by its first occurrence."""
+
+    format = "text_to_text"
+
+    def __init__(self, label_names: list[str], max_new_tokens: int = 20, num_beams: int = 1):
+        super().__init__(label_names)
+        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
+
+    def answers(self, model: PromptedModel, batch: dict) -> list[tuple[str, float, int]]:
+        texts = self.generate(model, batch["source"])
+        return [(t.strip(), 0.0, c.find(t.strip())) for t, c in zip(texts, batch["context"])]

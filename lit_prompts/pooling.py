@@ -1,11 +1,11 @@
-"""Small tensor functions shared by the task formats."""
+"""Small tensor functions shared by prompts, the prompted backbone and the task formats."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from .formats import IGNORE_INDEX
 
 
 def pool_hidden(hidden: Tensor, mask: Tensor, how: str) -> Tensor:

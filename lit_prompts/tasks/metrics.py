@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from .data.ner import entity_spans
+from ..ner_spans import entity_spans
 
 
 class EntityF1(Metric):

@@ -156,7 +156,8 @@ class DivergenceGuard:
                 finite = torch.isfinite(first).all()
                 self._finite_outputs = finite if self._finite_outputs is None else self._finite_outputs & finite
 
-        backbone = getattr(self, "backbone", None)
+        # The frozen model itself: a PromptedBackbone's own forward is never called.
+        backbone = getattr(getattr(self, "backbone", None), "model", None)
         if backbone is not None:
             self._outputs_hook = backbone.register_forward_hook(record)
 

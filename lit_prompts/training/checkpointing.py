@@ -17,14 +17,17 @@ from safetensors.torch import save_file
 
 from ..safe_reading import PROMPT_FILE, SETTINGS_FILE, nonfinite_names, tensors_sha256
 from .divergence import DivergenceError, check_finite_state
+from .legacy import upgrade_state_names
 
 FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_layers", "vocab_size")
+# 1: lit_prompts 0.1 (one class per method); 2: prompt module, task formats and backbone composed.
+FORMAT_VERSION = 2
 # Set to 1 to use a prompt on other weights of the same architecture (the digests differ) on purpose.
 ALLOW_OTHER_WEIGHTS = "LIT_PROMPTS_ALLOW_OTHER_BACKBONE"
 
 
 class PromptCheckpointing:
-    """Mixed into ``PromptMethod``; expects ``self.fingerprint`` and ``self.hparams``."""
+    """Mixed into ``PromptMethod``; expects ``fingerprint``, ``hparams``, ``prompt`` and ``formats``."""
 
     # Lightning: the checkpoint deliberately lacks backbone keys, so do not load strictly.
     strict_loading = False
@@ -42,6 +45,7 @@ class PromptCheckpointing:
         check_finite_state(self, checkpoint["state_dict"])  # a NaN model is never saved, so never chosen as best
         checkpoint["lit_prompts"] = {
             "class_path": self.class_path(),
+            "format_version": FORMAT_VERSION,
             "backbone": dict(self.fingerprint),
             # Restoring the RNG makes a resumed run draw the same dropout masks as an uninterrupted one.
             "rng": {
@@ -56,6 +60,8 @@ class PromptCheckpointing:
         meta = checkpoint.get("lit_prompts", {})
         self.check_backbone(meta.get("backbone", {}), source="checkpoint")
         expected = set(self.trainable_state_dict())
+        if meta.get("format_version", 1) < FORMAT_VERSION:
+            checkpoint["state_dict"] = upgrade_state_names(checkpoint["state_dict"], expected, list(self.formats))
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")
@@ -94,11 +100,14 @@ class PromptCheckpointing:
 
     # --- export ---------------------------------------------------------------------------------
     def export_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors needed at inference; methods with a training-only parameterisation fold it here."""
-        return self.trainable_state_dict()
+        """Tensors needed at inference: the folded prompt's (``prompt.``) and the other trainable ones
+        (task heads; the backbone's own under full fine-tuning)."""
+        _, _, prompt = self.prompt.export()
+        others = {k: v for k, v in self.trainable_state_dict().items() if not k.startswith("prompt.")}
+        return {**{f"prompt.{k}": v for k, v in prompt.items()}, **others}
 
     def export_init_args(self) -> dict:
-        """The settings that rebuild this method around the exported tensors."""
+        """The settings that rebuild this method (its prompt module is then the exported one)."""
         return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
 
     def export_prompt(self, folder: str | Path) -> Path:
@@ -110,9 +119,13 @@ class PromptCheckpointing:
             raise DivergenceError(f"not exporting a prompt to {folder}: the tensors {broken} hold NaN or infinity")
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / PROMPT_FILE)
+        prompt_class, prompt_settings, _ = self.prompt.export()
         settings = {
             "class_path": self.class_path(),
+            "format_version": FORMAT_VERSION,
             "init_args": self.export_init_args(),
+            # The folded prompt module alone (lit_prompts.load_prompt): usable without this LightningModule.
+            "prompt": {"class_path": prompt_class, "settings": prompt_settings},
             "backbone": self.fingerprint,
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "tensors_sha256": tensors_sha256(tensors),  # checked on load: a damaged or altered file is refused

@@ -1,0 +1,14 @@
+"""Building objects outside LightningCLI's context (a ground-floor module: it imports nothing of
+lit_prompts, so the data side and the model side can both use it)."""
+
+from __future__ import annotations
+
+import contextvars
+
+
+def build_outside_cli(build, *args, **kwargs):
+    """``build(*args, **kwargs)`` in a fresh context. While LightningCLI instantiates a class it hands
+    the hyperparameters it parsed to every ``save_hyperparameters()`` call through a context
+    variable, so objects built inside another one's ``__init__`` (a multi-task module's task modules,
+    a prompt library's loaded methods) would record the outer object's arguments as their own."""
+    return contextvars.Context().run(build, *args, **kwargs)

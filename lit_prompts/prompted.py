@@ -1,0 +1,53 @@
+"""``Prompted``: a prompt module on a ``PromptedBackbone`` for one task, as task formats read it
+(``tasks.protocol.PromptedModel``). Made per step; it collects the prompt's auxiliary losses."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .methods.base import PromptOutput
+from .prompted_backbone import PromptedBackbone
+
+
+class Prompted:
+    def __init__(self, backbone: PromptedBackbone, prompt: nn.Module, task: str | None = None):
+        self.backbone, self.prompt, self.task = backbone, prompt, task
+        self.aux_losses: list[Tensor] = []
+
+    def prompt_for(self, inputs: dict) -> tuple[PromptOutput, Tensor]:
+        """The prompt output for a batch's inputs, and the batch's token embeddings."""
+        context = self.backbone.context(inputs, self.task)
+        output = self.prompt(context)
+        if output.aux_loss is not None:
+            self.aux_losses.append(output.aux_loss)
+        return output, context.input_embeds
+
+    @property
+    def aux_loss(self) -> Tensor | None:
+        return sum(self.aux_losses) if self.aux_losses else None
+
+    def hidden_states(self, batch: dict) -> Tensor:
+        return self.backbone.hidden_states(batch, *self.prompt_for(batch))
+
+    def masked_lm_logits(self, batch: dict) -> Tensor:
+        return self.backbone.masked_lm_logits(batch, *self.prompt_for(batch))
+
+    def sequence_logprobs(self, seqs: dict, reduction: str) -> Tensor:
+        output, embeds = self.prompt_for(seqs)
+        return self.backbone.sequence_logprobs(seqs, output, reduction, embeds)
+
+    def generate_text(self, source: dict, max_new_tokens: int, num_beams: int) -> list[str]:
+        output, embeds = self.prompt_for(source)
+        ids = self.backbone.generate(source, output, embeds, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        return self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+class WithHiddenStates(Prompted):
+    """``Prompted`` whose hidden states of one batch were computed already (a shared forward pass)."""
+
+    def __init__(self, base: Prompted, batch: dict, hidden: Tensor):
+        super().__init__(base.backbone, base.prompt, base.task)
+        self.batch, self.hidden = batch, hidden
+
+    def hidden_states(self, batch: dict) -> Tensor:
+        return self.hidden if batch is self.batch else super().hidden_states(batch)

@@ -1,0 +1,223 @@
+"""``PromptedBackbone``: a frozen Hugging Face model that runs with a prompt output in place.
+
+It embeds the tokens, puts a ``PromptOutput`` where it says (in front of the embeddings, into a
+template's virtual positions, or into every self-attention layer through ``PrefixInjector``), and
+returns what task formats read: hidden states of the text's own tokens, masked-LM logits, target
+log-probabilities, generated ids. Rows may carry prompts of their own, and several batches that read
+hidden states can share one forward pass (``hidden_states_together``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoTokenizer, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .backbone import ArchitectureFacts, backbone_fingerprint, load_backbone, resolve_path
+from .methods.base import PromptContext, PromptOutput
+from .pooling import sequence_logprobs
+from .prefix_injection import PrefixInjector, find_self_attention
+
+
+class PromptsDoNotJoin(ValueError):
+    """Prompt outputs that cannot share one forward pass (other lengths, other placements)."""
+
+
+class PromptedBackbone(nn.Module):
+    """``model``: the frozen backbone (loaded by ``load``, or any ``PreTrainedModel``); ``name``: where
+    it came from (recorded with trained prompts)."""
+
+    def __init__(self, model: PreTrainedModel, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.facts = ArchitectureFacts.from_config(model.config)
+        self.fingerprint = backbone_fingerprint(name, model)
+        self.injector: PrefixInjector | None = None  # attention is rewired only once a layer prompt arrives
+
+    @classmethod
+    def load(cls, name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None):
+        """The backbone in the form ``task_format`` reads (see ``load_backbone``), frozen."""
+        return cls(load_backbone(name, task_format, dtype, attn_implementation), name)
+
+    @cached_property
+    def tokenizer(self):
+        return AutoTokenizer.from_pretrained(resolve_path(self.name))
+
+    @cached_property
+    def num_layers(self) -> int:
+        """Self-attention layers a layer prompt covers (T5 text-to-text: encoder and decoder)."""
+        return len(find_self_attention(self.model))
+
+    # --- helpers for building prompts -------------------------------------------------------------
+    def vocab_embeddings(self, shape: tuple[int, ...]) -> Tensor:
+        """Input embeddings (fp32) of random vocabulary tokens, ``[*shape, H]``: prompt vectors of the
+        scale the backbone's inputs have. The first ids (padding, special tokens) are skipped."""
+        table = self.model.get_input_embeddings().weight.detach().float()
+        low = min(1000, table.shape[0] // 2)
+        return table[torch.randint(low, table.shape[0], shape)].clone()
+
+    def layer_kv(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per layer (key, value) of hidden-state prompts [L, P, H] or [B, L, P, H], through each
+        layer's own frozen key and value projections (no position)."""
+        injector = self._injector()
+        kv_heads = self.facts.num_key_value_heads
+        return [injector.project(layer, hidden.select(-3, layer), kv_heads) for layer in range(len(injector))]
+
+    def _injector(self) -> PrefixInjector:
+        if self.injector is None:
+            self.injector = PrefixInjector(self.model)
+            # Another wrapper of the same model (prompts served together) must then clear our prefixes.
+            self.model.lit_prompts_rewired = True
+        return self.injector
+
+    def keep_checkpointing_active(self) -> None:
+        """transformers checkpoints a layer only while that layer is in training mode; flag the
+        checkpointed layers alone (not their children, whose attention dropout reads ``training``)
+        so that the frozen model's dropout stays as it was set."""
+        for module in self.model.modules():
+            if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+                module.training = True
+
+    def context(self, inputs: dict, task: str | None = None) -> PromptContext:
+        """The prompt's view of a batch (``input_ids``, ``attention_mask``)."""
+        embeds = self.model.get_input_embeddings()(inputs["input_ids"])
+        mask = inputs["attention_mask"]
+        return PromptContext(embeds, mask, task, frozen_hidden=lambda: self.frozen_hidden(embeds, mask))
+
+    @torch.no_grad()
+    def frozen_hidden(self, embeds: Tensor, mask: Tensor) -> Tensor:
+        """[B, T, H] last hidden states of the text alone (no prompt), without gradient."""
+        self.install_layers(None)
+        encoder = self.model.get_encoder() if self.facts.is_encoder_decoder else self.model.base_model
+        kwargs = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if self.facts.is_decoder_only else {}
+        return encoder(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state
+
+    # --- prompt in place --------------------------------------------------------------------------
+    def install_layers(self, prompt: PromptOutput | None) -> None:
+        """Put the prompt's layer prefixes in place (or take any away). They stay until the next call,
+        so gradient checkpointing recomputes a layer with the same prefix."""
+        kv = None if prompt is None else prompt.layer_kv
+        if prompt is not None and prompt.layer_hidden is not None:
+            kv = self.layer_kv(prompt.layer_hidden)
+        if kv is not None or getattr(self.model, "lit_prompts_rewired", False):
+            self._injector().set(kv)
+
+    def prompted_inputs(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> tuple[dict, int]:
+        """Keyword arguments for the model with the prompt in place, and how many positions a
+        prepended prompt added in front of the text."""
+        self.install_layers(prompt)
+        if embeds is None:
+            embeds = self.model.get_input_embeddings()(inputs["input_ids"])
+        mask, token_types = inputs["attention_mask"], inputs.get("token_type_ids")
+        virtual_index = inputs.get("virtual_index")
+        shift = 0
+        if virtual_index is not None:
+            if prompt.slots is None:
+                raise ValueError("the data template has [P:n] virtual tokens, which this prompt cannot fill: use "
+                                 "PTuning, or a template without them")
+            placed = prompt.slots.to(embeds.dtype)[virtual_index.clamp(min=0)]
+            embeds = torch.where((virtual_index >= 0).unsqueeze(-1), placed, embeds)
+        elif prompt.prepend is not None:
+            prepend = prompt.prepend if prompt.prepend.dim() == 3 else prompt.prepend.expand(embeds.shape[0], -1, -1)
+            b, shift = prepend.shape[:2]
+            embeds = torch.cat([prepend.to(embeds.dtype), embeds], dim=1)
+            mask = torch.cat([mask.new_ones(b, shift), mask], dim=1)
+            if token_types is not None:
+                token_types = torch.cat([token_types.new_zeros(b, shift), token_types], dim=1)
+        kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
+        if token_types is not None:
+            kwargs["token_type_ids"] = token_types
+        if self.facts.is_decoder_only:
+            # Decoders are left-padded: count positions over real tokens only, as generation does.
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["use_cache"] = False  # a single pass: a cache would only hold tensors longer
+        return kwargs, shift
+
+    # --- what task formats read -----------------------------------------------------------------------
+    def hidden_states(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> Tensor:
+        """[B, T, H] last hidden states at the text's own positions (encoder form)."""
+        kwargs, shift = self.prompted_inputs(inputs, prompt, embeds)
+        return self.model(**kwargs).last_hidden_state[:, shift:]
+
+    def masked_lm_logits(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> Tensor:
+        """[B, T, V] masked-LM logits at the text's own positions (cloze)."""
+        kwargs, shift = self.prompted_inputs(inputs, prompt, embeds)
+        return self.model(**kwargs).logits[:, shift:]
+
+    def sequence_logprobs(self, seqs: dict, prompt: PromptOutput, reduction: str, embeds: Tensor | None = None) -> Tensor:
+        """Text-to-text: log-probability of each row's ``target_ids`` (``sum`` per row, or the
+        ``token_mean`` over the batch)."""
+        kwargs, _ = self.prompted_inputs(seqs, prompt, embeds)
+        targets = seqs["target_ids"]
+        if self.facts.is_encoder_decoder:
+            decoder_inputs = self.model.prepare_decoder_input_ids_from_labels(targets)
+            logits = self.model(**kwargs, decoder_input_ids=decoder_inputs, use_cache=False).logits
+        else:
+            # Targets end every (left-padded) row: only the last positions need vocabulary logits.
+            keep = int((targets != -100).sum(-1).max()) + 1
+            logits = self.model(**kwargs, logits_to_keep=keep).logits[:, :-1]
+            targets = targets[:, -(keep - 1):]
+        return sequence_logprobs(logits.float(), targets, reduction)
+
+    @torch.no_grad()
+    def generate(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None, **settings) -> Tensor:
+        """Token ids generated with the prompt in place: only the new tokens for decoders, the decoder
+        output (from its start token) for T5. Greedy unless ``settings`` say otherwise."""
+        kwargs, _ = self.prompted_inputs(inputs, prompt, embeds)
+        kwargs.pop("position_ids", None)  # generate derives them from the mask exactly as prompted_inputs does
+        kwargs.pop("use_cache", None)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        return self.model.generate(**kwargs, **{"do_sample": False, "pad_token_id": pad, **settings})
+
+    def hidden_states_together(self, parts: list[tuple[dict, PromptOutput, Tensor | None]]) -> list[Tensor]:
+        """``hidden_states`` of several batches (e.g. of different tasks) in one forward pass: rows are
+        padded to one length on the tokenizer's padding side, each row keeps its own prompt. Prompts
+        must prepend equally many positions and place their layer prompts alike."""
+        lengths = [inputs["input_ids"].shape[1] for inputs, _, _ in parts]
+        longest, left = max(lengths), self.tokenizer.padding_side == "left"
+
+        def pad(t: Tensor | None, value, inputs) -> Tensor | None:
+            if t is None:
+                return None
+            extra = longest - t.shape[1]
+            filler = t.new_full((t.shape[0], extra, *t.shape[2:]), value)
+            return torch.cat([filler, t] if left else [t, filler], dim=1)
+
+        embeds = [e if e is not None else self.model.get_input_embeddings()(i["input_ids"]) for i, _, e in parts]
+        inputs = {"input_ids": torch.cat([pad(i["input_ids"], 0, i) for i, _, _ in parts]),
+                  "attention_mask": torch.cat([pad(i["attention_mask"], 0, i) for i, _, _ in parts])}
+        if all("token_type_ids" in i for i, _, _ in parts):
+            inputs["token_type_ids"] = torch.cat([pad(i["token_type_ids"], 0, i) for i, _, _ in parts])
+        together = join_prompts([p for _, p, _ in parts], [i["input_ids"].shape[0] for i, _, _ in parts], self)
+        hidden = self.hidden_states(inputs, together, torch.cat([pad(e, 0.0, None) for e in embeds]))
+        out, row = [], 0
+        for (part, _, _), length in zip(parts, lengths):
+            rows = hidden[row: row + part["input_ids"].shape[0]]
+            out.append(rows[:, longest - length:] if left else rows[:, :length])
+            row += rows.shape[0]
+        return out
+
+
+def join_prompts(prompts: list[PromptOutput], sizes: list[int], backbone: PromptedBackbone) -> PromptOutput:
+    """One per-row prompt output for batches of ``sizes`` rows stacked in order."""
+    if len({p.prepended for p in prompts}) > 1:
+        raise PromptsDoNotJoin(f"prompts of {sorted({p.prepended for p in prompts})} positions cannot share one forward pass")
+    prepend = None
+    if prompts[0].prepend is not None:
+        prepend = torch.cat([p.prepend if p.prepend.dim() == 3 else p.prepend.expand(n, -1, -1)
+                             for p, n in zip(prompts, sizes)])
+    layer_kv = None
+    if any(p.layer_kv is not None or p.layer_hidden is not None for p in prompts):
+        per_part = []
+        for p, n in zip(prompts, sizes):
+            kv = p.layer_kv if p.layer_hidden is None else backbone.layer_kv(p.layer_hidden)
+            if kv is None:
+                raise PromptsDoNotJoin("prompts that enter the layers and prompts that do not cannot share one forward pass")
+            per_part.append([tuple(t if t.dim() == 4 else t.unsqueeze(0).expand(n, -1, -1, -1) for t in pair) for pair in kv])
+        layer_kv = [(torch.cat([part[layer][0] for part in per_part]), torch.cat([part[layer][1] for part in per_part]))
+                    for layer in range(len(per_part[0]))]
+    return PromptOutput(prepend=prepend, layer_kv=layer_kv)

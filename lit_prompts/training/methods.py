@@ -1,0 +1,225 @@
+"""The methods as the CLI and ``lit_prompts.load`` know them: each a ``PromptMethod`` that declares
+its settings and builds its prompt module (``lit_prompts.methods``) against the loaded backbone."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from jsonargparse.typing import PositiveFloat, PositiveInt
+from torch.nn.parallel import DistributedDataParallel
+
+from ..methods import DeepPrompt, EncodedPrompt, MultiTaskPrompt, PoolPrompt, Prefix, SoftPrompt
+from ..methods.multitask import Variant
+from ..methods.p_tuning import Encoder
+from ..methods.prompt_pool import Placement, Query, Selection
+from .initial_prompts import initial_prefix, initial_prompt, prompt_from_folder
+from .module import PromptMethod
+
+
+class PromptTuning(PromptMethod):
+    """Prompt tuning: ``num_virtual_tokens`` trained vectors in front of every input.
+
+    Args:
+        num_virtual_tokens: prompt length P.
+        init: ``random`` (normal, std of the embedding table), ``vocab`` (embeddings of random
+            vocabulary tokens), ``text`` (embeddings of ``init_text``, repeated to length P) or
+            ``labels`` (embeddings of the label names, repeated to length P), as in Lester et al.
+        init_text: the text for ``init: text``.
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 3e-2
+
+    def __init__(self, num_virtual_tokens: PositiveInt = 20, init: Literal["random", "vocab", "text", "labels"] = "vocab",
+                 init_text: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        start = initial_prompt(self.backbone, num_virtual_tokens, init, init_text, self.hparams.label_names)
+        self.prompt = SoftPrompt(num_virtual_tokens, self.facts.hidden_size, init=start)
+
+
+class PTuning(PromptMethod):
+    """P-tuning: a prompt encoder's vectors, placed at a template's ``[P:n]`` markers (else in front).
+
+    Args:
+        num_virtual_tokens: P; must equal the sum of the template's ``[P:n]`` markers.
+        encoder: ``lstm`` (default), ``mlp``, or ``none`` (plain vectors).
+        encoder_hidden_size: the MLP's hidden width (default: the backbone's hidden size).
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 3e-3
+
+    def __init__(self, num_virtual_tokens: PositiveInt = 20, encoder: Encoder = "lstm",
+                 encoder_hidden_size: PositiveInt | None = None, **kwargs):
+        super().__init__(**kwargs)
+        start = self.backbone.vocab_embeddings((num_virtual_tokens,))
+        self.prompt = EncodedPrompt(num_virtual_tokens, self.facts.hidden_size, encoder, encoder_hidden_size, init=start)
+
+
+class PrefixTuning(PromptMethod):
+    """Prefix tuning: trained keys and values in every self-attention layer.
+
+    Args:
+        num_virtual_tokens: prefix length P.
+        reparameterize: train through the MLP reparameterisation, as in Li & Liang (folded at export).
+        reparam_hidden_size: the MLP's hidden width.
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 1e-3
+
+    def __init__(self, num_virtual_tokens: PositiveInt = 20, reparameterize: bool = True,
+                 reparam_hidden_size: PositiveInt = 512, **kwargs):
+        super().__init__(**kwargs)
+        f = self.facts
+        start = None if reparameterize else initial_prefix(self.backbone, num_virtual_tokens)
+        self.prompt = Prefix(self.backbone.num_layers, f.num_key_value_heads, num_virtual_tokens, f.head_dim, f.hidden_size,
+                             reparam_hidden_size if reparameterize else None, init=start)
+
+
+class PTuningV2(PromptMethod):
+    """P-tuning v2: deep prompts, as hidden states, entering every self-attention layer.
+
+    Args:
+        num_virtual_tokens: prompt length P per layer.
+        reparameterize: train through embedding [P, H] → MLP → [P, L·H] (folded at export).
+        reparam_hidden_size: the MLP's hidden width.
+        prompt_dropout: dropout on the deep prompts while training.
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 1e-2
+
+    def __init__(self, num_virtual_tokens: PositiveInt = 20, reparameterize: bool = False,
+                 reparam_hidden_size: PositiveInt = 512, prompt_dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        layers, hidden = self.backbone.num_layers, self.facts.hidden_size
+        start = None if reparameterize else self.backbone.vocab_embeddings((layers, num_virtual_tokens))
+        self.prompt = DeepPrompt(layers, num_virtual_tokens, hidden, reparam_hidden_size if reparameterize else None,
+                                 prompt_dropout, init=start)
+
+
+class PromptPool(PromptMethod):
+    """Prompt pool (L2P): each example picks its prompts from a pool by query-key matching.
+
+    Args:
+        pool_size: K prompts in the pool.
+        prompt_length: P tokens per prompt.
+        top_k: hard selection: N prompts per example.
+        selection: ``hard`` (top-N with the key-pull loss) or ``soft`` (attention over the pool).
+        query: ``backbone`` (frozen, no-grad forward) or ``encoder`` (trained E(x)).
+        placement: ``input`` (prepended to the embeddings) or ``layers`` (every self-attention layer).
+        temperature: soft selection: τ.
+        key_pull_weight: hard selection: λ of the key-pull loss.
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 1e-2
+
+    def __init__(self, pool_size: PositiveInt = 10, prompt_length: PositiveInt = 5, top_k: PositiveInt = 2,
+                 selection: Selection = "hard", query: Query = "backbone", placement: Placement = "input",
+                 temperature: PositiveFloat = 0.1, key_pull_weight: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        if selection == "hard" and not 1 <= top_k <= pool_size:
+            raise ValueError(f"top_k={top_k} must be between 1 and pool_size={pool_size}")
+        layers = self.backbone.num_layers if placement == "layers" else None
+        start = self.backbone.vocab_embeddings((pool_size, *((layers,) if layers else ()), prompt_length))
+        self.prompt = PoolPrompt(pool_size, prompt_length, self.facts.hidden_size, layers, top_k, selection, query,
+                                 temperature, key_pull_weight, init=start)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        weights = self.prompt.selection_weights.clone()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            weights = self.all_gather(weights).sum(0)
+        share = weights / weights.sum().clamp(min=1e-12)
+        # One value per pool entry (a histogram over the epoch) and how many entries took at least 1%,
+        # so a collapse onto few prompts shows in any logger.
+        self.log_dict({f"pool/selected_{k}": s for k, s in enumerate(share)}, rank_zero_only=True)
+        self.log("pool/entries_used", (share >= 0.01).sum().float(), rank_zero_only=True)
+        self.prompt.selection_weights.zero_()
+
+
+class MultiTaskPromptTuning(PromptMethod):
+    """Shared prompts for several tasks in one run (``variant``: ``mpt``, a shared prompt read through
+    each task's rank-r matrix, or ``selector``, a shared pool read through each task's selector; see
+    ``lit_prompts.methods.multitask``). Each task keeps its own format, head and metrics (logged under
+    its name); ``val/macro`` averages the tasks' monitored metrics. A batch of task t weighs α_t L_t.
+
+    Args:
+        task_specs: task name -> {task, task_format, label_names, verbalizer_token_ids} (linked from
+            the ``MultiTaskDataModule``).
+        variant: ``mpt`` or ``selector``.
+        num_virtual_tokens: prompt length P.
+        placement: ``input`` (prepended to the embeddings) or ``layers`` (every self-attention layer).
+        rank: mpt: r of the task matrices u_t v_tᵀ.
+        init_prompt: mpt: folder of an exported single-task prompt that starts P: a ``PromptTuning``
+            or ``PTuning`` prompt [P, H] (placement input), a ``PTuningV2`` one [L, P, H] (layers).
+        pool_size: selector: K prompts in the shared pool.
+        selector_hidden_size: selector: d, the width of the query encoder E(x).
+        loss_weights: task name -> α_t (default 1 for every task).
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 3e-2
+    # DDP: a batch of one task leaves the other tasks' tensors unused (the CLI picks the strategy).
+    uses_parameters_per_task = True
+
+    def __init__(self, task_specs: dict[str, dict] | None = None, variant: Variant = "mpt",
+                 num_virtual_tokens: PositiveInt = 20, placement: Placement = "input", rank: PositiveInt = 1,
+                 init_prompt: str | None = None, pool_size: PositiveInt = 8, selector_hidden_size: PositiveInt = 128,
+                 loss_weights: dict[str, float] | None = None, **kwargs):
+        if not task_specs:
+            raise ValueError("task_specs is empty (the CLI links it from a MultiTaskDataModule)")
+        unknown = set(loss_weights or {}) - set(task_specs)
+        if unknown:
+            raise ValueError(f"loss_weights names tasks {sorted(unknown)} that are not in {sorted(task_specs)}")
+        if init_prompt and variant != "mpt":
+            raise ValueError("init_prompt is for variant 'mpt'")
+        super().__init__(**kwargs)
+        layers = self.backbone.num_layers if placement == "layers" else None
+        shape = ((layers,) if layers else ()) + (num_virtual_tokens,)
+        if variant == "selector":
+            shape = (pool_size, *shape)
+        start = (prompt_from_folder(init_prompt, (*shape, self.facts.hidden_size), placement) if init_prompt
+                 else self.backbone.vocab_embeddings(shape))
+        self.prompt = MultiTaskPrompt(list(task_specs), num_virtual_tokens, self.facts.hidden_size, variant, layers, rank,
+                                      pool_size, selector_hidden_size, init=start)
+
+    def task_specs(self) -> dict[str, dict]:
+        return dict(self.hparams.task_specs)
+
+    @property
+    def is_multitask(self) -> bool:
+        return True
+
+    def loss_weight(self, task: str) -> float:
+        return (self.hparams.loss_weights or {}).get(task, 1.0)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # By now the strategy has wrapped the module; a DDP wrapper that does not look for unused
+        # parameters would wait forever for the gradients of the tasks a batch does not hold.
+        wrapper = self.trainer.strategy.model
+        if isinstance(wrapper, DistributedDataParallel) and not wrapper.find_unused_parameters:
+            raise ValueError(
+                "MultiTaskPromptTuning trains per-task tensors that a batch of another task leaves unused: use "
+                "trainer.strategy 'ddp_find_unused_parameters_true' (the CLI picks it for strategy 'ddp')"
+            )
+
+
+class FullFineTuning(PromptMethod):
+    """Full fine-tuning, the reference every prompt method is measured against: the same heads,
+    formats, data and loop, with every backbone weight trained and no prompt (so its checkpoints and
+    export hold the whole backbone). Backbone dropout is on by default, as fine-tuning does.
+
+    Args:
+        **kwargs: see ``PromptMethod``.
+    """
+
+    default_lr = 2e-5
+
+    def __init__(self, backbone_dropout: bool = True, **kwargs):
+        super().__init__(backbone_dropout=backbone_dropout, **kwargs)
+        self.backbone.model.requires_grad_(True)
+
