@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -121,25 +122,42 @@ def test_checkpoint_missing_a_trainable_tensor_is_refused(tiny_backbone, reviews
     cli = run_cli(*fit_args(tiny_backbone("bert"), {"train": reviews["train"], "validation": reviews["validation"]}), root=tmp_path)
     best = cli.trainer.checkpoint_callback.best_model_path
     checkpoint = torch.load(best, weights_only=True)
-    del checkpoint["state_dict"]["head.1.bias"]
+    del checkpoint["state_dict"]["formats.classification.head.1.bias"]
     torch.save(checkpoint, tmp_path / "broken.ckpt")
-    with pytest.raises(KeyError, match="broken.ckpt lacks tensors.*head.1.bias"):
+    with pytest.raises(KeyError, match=r"broken.ckpt lacks tensors.*formats\.classification\.head\.1\.bias"):
         lit_prompts.load(tmp_path / "broken.ckpt")
 
 
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"num_virtual_tokens": 0}, "num_virtual_tokens must be >= 1"),
-        ({"init": "zeros"}, "init='zeros' is not one of"),
-        ({"init": "text"}, "needs model.init_args.init_text"),
-        ({"pooling": "max"}, "pooling='max' is not one of"),
+        ({"init": "text"}, "init='text' needs init_text"),
         ({"task_format": "text_to_text"}, "needs a decoder or encoder-decoder backbone"),
+        # Built in Python (no parser in between), typed choices and counts are still refused by name.
+        ({"num_virtual_tokens": 0}, "num_virtual_tokens=0 must be a positive integer"),
+        ({"init": "zeros"}, "init='zeros' is not one of 'random', 'vocab', 'text', 'labels'"),
+        ({"pooling": "max"}, "pooling='max' is not one of 'auto', 'first', 'last', 'mean'"),
     ],
 )
 def test_bad_method_settings(tiny_backbone, kwargs, message):
     with pytest.raises(ValueError, match=message):
         PromptTuning(backbone=tiny_backbone("bert"), label_names=["a", "b"], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("--model.num_virtual_tokens=0", r'Parser key "num_virtual_tokens": Not of type PositiveInt: 0 does not conform'),
+        ("--model.init=zeros", r'Parser key "init": Expected a typing\.Literal\[.*\]\. Got value: zeros'),
+        ("--model.pooling=max", r'Parser key "pooling": Expected a typing\.Literal\[.*\]\. Got value: max'),
+    ],
+)
+def test_bad_method_choices_are_refused_while_parsing(tiny_backbone, reviews, tmp_path, capsys, setting, message):
+    """Typed choices and counts (Literal / PositiveInt): the CLI refuses them before building anything."""
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(*fit_args(tiny_backbone("bert"), {"train": reviews["train"]}, setting), root=tmp_path)
+    assert stopped.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_predict_log_names_output(tiny_backbone, reviews, tmp_path, caplog):

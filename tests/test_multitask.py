@@ -87,7 +87,7 @@ def test_three_tasks_train_together_and_mixed_predict_equals_per_task(variant, p
                 f"--predictions.output={out}", root=tmp_path / "predict")
         assert_same_predictions([r for r in mixed if r["task"] == task], read_jsonl(out))
     exported = lit_prompts.load(tmp_path / "fit" / "lightning_logs" / "version_0" / "prompt")
-    assert isinstance(exported, MultiTaskPromptTuning) and list(exported.tasks) == list(three_tasks)
+    assert isinstance(exported, MultiTaskPromptTuning) and list(exported.formats) == list(three_tasks)
 
 
 def task_specs(with_qa: bool = True) -> dict:
@@ -205,7 +205,7 @@ def test_prompt_library_serves_single_task_prompts_on_one_backbone(tiny_backbone
     cli = run_cli("predict", "--model=PromptLibrary", f"--model.backbone={backbone}", "--model.prompts=" + json.dumps(prompts),
                   "--data=MultiTaskDataModule", "--data.tasks=" + json.dumps(tasks), f"--data.predict_files={mixed_file}",
                   "--data.eval_batch_size=4", f"--predictions.output={tmp_path / 'mixed.out.jsonl'}", root=tmp_path / "serve")
-    assert cli.model.methods["sentiment"].backbone is cli.model.methods["entities"].backbone
+    assert cli.model.methods["sentiment"].backbone.model is cli.model.methods["entities"].backbone.model
     mixed = read_jsonl(tmp_path / "mixed.out.jsonl")
     assert [r["task"] for r in mixed] == [r["task"] for r in rows]
     files = {"sentiment": reviews, "entities": ner_files}

@@ -92,17 +92,17 @@ def test_input_prompt_positions_are_removed_and_labels_stay_aligned(tiny_backbon
     model = PromptTuning(backbone=tiny_backbone("bert"), task="ner", task_format="token",
                          label_names=dm.label_names, num_virtual_tokens=3, init="random").eval()
     batch = next(iter(dm.train_dataloader()))
-    logits = model.token_logits(batch)
+    logits = model.formats["ner"].token_logits(model.prompted("ner"), batch)
     assert logits.shape[:2] == batch["input_ids"].shape  # no scores for the 3 virtual positions
     # By hand: prompt in front of the embeddings, mask and token types extended, first 3 outputs dropped.
-    embeds = model.backbone.get_input_embeddings()(batch["input_ids"])
+    embeds = model.backbone.model.get_input_embeddings()(batch["input_ids"])
     b = len(embeds)
-    hidden = model.backbone(
-        inputs_embeds=torch.cat([model.prompt.expand(b, -1, -1), embeds], 1),
+    hidden = model.backbone.model(
+        inputs_embeds=torch.cat([model.prompt.prompt.expand(b, -1, -1), embeds], 1),
         attention_mask=torch.cat([torch.ones(b, 3, dtype=torch.long), batch["attention_mask"]], 1),
         token_type_ids=torch.cat([torch.zeros(b, 3, dtype=torch.long), batch["token_type_ids"]], 1),
     ).last_hidden_state[:, 3:]
-    torch.testing.assert_close(logits, model.head(hidden))
+    torch.testing.assert_close(logits, model.formats["ner"].head(hidden))
     # Every word's tag is on exactly one position; specials and padding are ignored.
     assert [(row != -100).sum().item() for row in batch["labels"]] == [len(t) for t in batch["tokens"]]
 

@@ -23,44 +23,48 @@ def make_pool(tiny_backbone, arch="bert", **kwargs):
 
 
 def two_texts(model):
+    """The pool's view of two texts (a ``PromptContext`` from the prompted backbone)."""
     ids = torch.tensor([[2, 400, 401, 402, 3], [2, 300, 301, 302, 3]])
-    mask = torch.ones_like(ids)
-    return model.backbone.get_input_embeddings()(ids), mask
+    return model.backbone.context({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
 
 
 @torch.no_grad()
 def test_each_example_gets_its_own_prompts(tiny_backbone):
     model = make_pool(tiny_backbone, top_k=1)
-    embeds, mask = two_texts(model)
-    query = model.queries(embeds, mask)
-    model.keys[:2] = query  # entry 0 matches example 0, entry 1 example 1
-    model.keys[2:] = -query
-    prompt = model.input_prompt(embeds, mask)
+    context = two_texts(model)
+    query = model.prompt.queries(context)
+    model.prompt.keys[:2] = query  # entry 0 matches example 0, entry 1 example 1
+    model.prompt.keys[2:] = -query
+    prompt = model.prompt(context).prepend
     assert prompt.shape == (2, P, model.facts.hidden_size)
-    assert torch.equal(prompt[0], model.pool[0]) and torch.equal(prompt[1], model.pool[1])
+    assert torch.equal(prompt[0], model.prompt.pool[0]) and torch.equal(prompt[1], model.prompt.pool[1])
 
     # Deep placement: per-example key/value prefixes in every layer, N·P positions long.
     deep = make_pool(tiny_backbone, placement="layers", top_k=2)
-    assert deep.input_prompt(embeds, mask) is None
-    key, value = deep.injector.layers[0][1].lit_prompts_prefix
+    output = deep.prompt(two_texts(deep))
+    assert output.prepend is None
+    _, shift = deep.backbone.prompted_inputs({"input_ids": torch.ones(2, 5, dtype=torch.long),
+                                              "attention_mask": torch.ones(2, 5, dtype=torch.long)}, output)
+    assert shift == 0  # nothing in front of the input: the prompts are in the layers
+    key, value = deep.backbone.injector.layers[0][1].lit_prompts_prefix
     assert key.shape == value.shape == (2, deep.facts.num_key_value_heads, 2 * P, deep.facts.head_dim)
 
 
 def test_key_pull_loss_draws_selected_keys_to_their_queries(tiny_backbone):
     model = make_pool(tiny_backbone, top_k=2, key_pull_weight=1.0)
-    embeds, mask = two_texts(model)
-    query = model.queries(embeds, mask)
+    context = two_texts(model)
+    query = model.prompt.queries(context)
 
     def chosen_similarity():
-        sim = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(model.keys, dim=-1).T
+        sim = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(model.prompt.keys, dim=-1).T
         return sim.topk(2, dim=-1).values.mean()
 
     before = chosen_similarity().item()
-    optimizer = torch.optim.SGD([model.keys], lr=1.0)
+    optimizer = torch.optim.SGD([model.prompt.keys], lr=1.0)
     for _ in range(5):
-        model.input_prompt(embeds, mask)
+        output = model.prompt(context)
         optimizer.zero_grad()
-        model.auxiliary_loss().backward()
+        output.aux_loss.backward()
         optimizer.step()
     assert chosen_similarity().item() > before + 0.05
 
@@ -68,20 +72,27 @@ def test_key_pull_loss_draws_selected_keys_to_their_queries(tiny_backbone):
 @torch.no_grad()
 def test_soft_selection_weights_sum_to_one(tiny_backbone):
     model = make_pool(tiny_backbone, selection="soft", temperature=0.5)
-    embeds, mask = two_texts(model)
-    prompt, weights = model.select(model.queries(embeds, mask))
+    context = two_texts(model)
+    model.prompt.train()  # in training the pool adds each forward's selection weights to its histogram
+    output = model.prompt(context)
+    # α = softmax(cos(q, K) / τ): recomputed here, and checked against the weights the pool recorded.
+    similarity = (torch.nn.functional.normalize(model.prompt.queries(context), dim=-1)
+                  @ torch.nn.functional.normalize(model.prompt.keys, dim=-1).T)
+    weights = (similarity / 0.5).softmax(-1)
+    torch.testing.assert_close(model.prompt.selection_weights, weights.sum(0))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
-    torch.testing.assert_close(prompt, torch.einsum("bk,kph->bph", weights, model.pool))
-    assert model.auxiliary_loss() is None  # keys learn through the weights
+    torch.testing.assert_close(output.prepend, torch.einsum("bk,kph->bph", weights, model.prompt.pool))
+    assert output.aux_loss is None  # keys learn through the weights
 
 
 @pytest.mark.parametrize("placement,query", [("input", "backbone"), ("input", "encoder"), ("layers", "backbone")])
 def test_parameter_counts(placement, query, tiny_backbone):
     model = make_pool(tiny_backbone, placement=placement, query=query)
     H, L = model.facts.hidden_size, model.facts.num_layers
-    expected = {"pool": K * (L if placement == "layers" else 1) * P * H, "keys": K * H, "head.1.weight": 2 * H, "head.1.bias": 2}
+    expected = {"prompt.pool": K * (L if placement == "layers" else 1) * P * H, "prompt.keys": K * H,
+                "formats.classification.head.1.weight": 2 * H, "formats.classification.head.1.bias": 2}
     if query == "encoder":
-        expected |= {"query_encoder.weight": H * H, "query_encoder.bias": H}
+        expected |= {"prompt.query_encoder.weight": H * H, "prompt.query_encoder.bias": H}
     assert {n: p.numel() for n, p in model.named_parameters() if p.requires_grad} == expected
 
 
@@ -109,7 +120,7 @@ def test_pool_through_the_cli_logs_its_selection_histogram(arch, fmt, extra, tin
             f"--predictions.output={output}", root=tmp_path)
     assert len(output.read_text().splitlines()) == 8
     exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt")
-    assert torch.equal(exported.keys, lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).keys)
+    assert torch.equal(exported.prompt.keys, lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).prompt.keys)
 
 
 def test_pool_under_ddp_two_processes(tiny_backbone, reviews, tmp_path):

@@ -26,6 +26,7 @@ from ..prompted import Prompted, WithHiddenStates
 from ..prompted_backbone import PromptedBackbone, PromptsDoNotJoin
 from ..tasks import build_format
 from ..tasks.classification import Pooling
+from .arguments import check_choices
 from .checkpointing import PromptCheckpointing
 from .divergence import DivergenceGuard
 from .evaluation import EvaluationHooks
@@ -100,6 +101,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        check_choices(type(self), self.hparams)
         if not 0 <= warmup_ratio <= 1 or warmup_steps < 0:
             raise ValueError(f"warmup_ratio={warmup_ratio} must lie in [0, 1] and warmup_steps={warmup_steps} be >= 0")
         specs = self.task_specs()
