@@ -33,6 +33,7 @@ def test_every_encoder_is_task_data(task, task_format, tiny_backbone):
     assert callable(dm.collator(train=True)) and callable(dm.collator(train=False))
 
 
+@pytest.mark.integration  # a subprocess
 def test_the_data_package_imports_no_model_code():
     # The package's own __init__ imports everything; a bare stand-in for it shows what data/ pulls in.
     script = (

@@ -150,6 +150,7 @@ class PreemptedPromptTuning(PromptTuning):
 """
 
 
+@pytest.mark.integration  # a subprocess
 def test_sigterm_saves_the_step_reached_exports_the_best_prompt_and_exits_143(tiny_backbone, reviews, tmp_path):
     # 32 steps per epoch, validated at each epoch end: the best checkpoint is step 32's.
     (tmp_path / "preempted.py").write_text(PREEMPTED_METHOD)

@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, review_rows, run_cli
+
+pytestmark = pytest.mark.integration  # each runs a script in a subprocess
 
 
 def test_step_time_benchmark_smoke(tiny_backbone, tmp_path):

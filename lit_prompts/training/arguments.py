@@ -7,7 +7,6 @@ import inspect
 import types
 import typing
 
-
 COUNTS = {"PositiveInt": "a positive integer", "NonNegativeInt": "a non-negative integer",
           "PositiveFloat": "> 0", "NonNegativeFloat": ">= 0"}
 
