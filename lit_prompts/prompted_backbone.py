@@ -122,7 +122,7 @@ class PromptedBackbone(nn.Module):
             placed = prompt.slots.to(embeds.dtype)[virtual_index.clamp(min=0)]
             embeds = torch.where((virtual_index >= 0).unsqueeze(-1), placed, embeds)
         elif prompt.prepend is not None:
-            prepend = prompt.prepend if prompt.prepend.dim() == 3 else prompt.prepend.expand(embeds.shape[0], -1, -1)
+            prepend = prompt.prepend_rows(embeds.shape[0])
             b, shift = prepend.shape[:2]
             embeds = torch.cat([prepend.to(embeds.dtype), embeds], dim=1)
             mask = torch.cat([mask.new_ones(b, shift), mask], dim=1)
@@ -180,20 +180,18 @@ class PromptedBackbone(nn.Module):
         lengths = [inputs["input_ids"].shape[1] for inputs, _, _ in parts]
         longest, left = max(lengths), self.tokenizer.padding_side == "left"
 
-        def pad(t: Tensor | None, value, inputs) -> Tensor | None:
-            if t is None:
-                return None
+        def pad(t: Tensor, value) -> Tensor:
             extra = longest - t.shape[1]
             filler = t.new_full((t.shape[0], extra, *t.shape[2:]), value)
             return torch.cat([filler, t] if left else [t, filler], dim=1)
 
         embeds = [e if e is not None else self.model.get_input_embeddings()(i["input_ids"]) for i, _, e in parts]
-        inputs = {"input_ids": torch.cat([pad(i["input_ids"], 0, i) for i, _, _ in parts]),
-                  "attention_mask": torch.cat([pad(i["attention_mask"], 0, i) for i, _, _ in parts])}
+        inputs = {"input_ids": torch.cat([pad(i["input_ids"], 0) for i, _, _ in parts]),
+                  "attention_mask": torch.cat([pad(i["attention_mask"], 0) for i, _, _ in parts])}
         if all("token_type_ids" in i for i, _, _ in parts):
-            inputs["token_type_ids"] = torch.cat([pad(i["token_type_ids"], 0, i) for i, _, _ in parts])
+            inputs["token_type_ids"] = torch.cat([pad(i["token_type_ids"], 0) for i, _, _ in parts])
         together = join_prompts([p for _, p, _ in parts], [i["input_ids"].shape[0] for i, _, _ in parts], self)
-        hidden = self.hidden_states(inputs, together, torch.cat([pad(e, 0.0, None) for e in embeds]))
+        hidden = self.hidden_states(inputs, together, torch.cat([pad(e, 0.0) for e in embeds]))
         out, row = [], 0
         for (part, _, _), length in zip(parts, lengths):
             rows = hidden[row: row + part["input_ids"].shape[0]]
@@ -208,8 +206,7 @@ def join_prompts(prompts: list[PromptOutput], sizes: list[int], backbone: Prompt
         raise PromptsDoNotJoin(f"prompts of {sorted({p.prepended for p in prompts})} positions cannot share one forward pass")
     prepend = None
     if prompts[0].prepend is not None:
-        prepend = torch.cat([p.prepend if p.prepend.dim() == 3 else p.prepend.expand(n, -1, -1)
-                             for p, n in zip(prompts, sizes)])
+        prepend = torch.cat([p.prepend_rows(n) for p, n in zip(prompts, sizes)])
     layer_kv = None
     if any(p.layer_kv is not None or p.layer_hidden is not None for p in prompts):
         per_part = []

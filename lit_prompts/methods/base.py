@@ -65,11 +65,9 @@ class PromptOutput:
         """Positions a prepended prompt adds in front of the input."""
         return 0 if self.prepend is None else self.prepend.shape[-2]
 
-    @property
-    def per_example(self) -> bool:
-        """Whether rows get prompts of their own (mixed batches can then share one backbone call)."""
-        return (self.prepend is not None and self.prepend.dim() == 3) or (
-            self.layer_hidden is not None and self.layer_hidden.dim() == 4)
+    def prepend_rows(self, batch: int) -> Tensor:
+        """``prepend`` as [B, P, H] (a prompt shared by every row is expanded, not copied)."""
+        return self.prepend if self.prepend.dim() == 3 else expand_rows(self.prepend, batch)
 
 
 class Prompt(nn.Module):

@@ -90,6 +90,10 @@ class TextToText:
 
     reads = "sequence"
 
+    def __init__(self, label_names: list[str], max_new_tokens: int = 20, num_beams: int = 1):
+        super().__init__(label_names)
+        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
+
     def loss(self, model: PromptedModel, batch: dict) -> Tensor:
         return -model.sequence_logprobs(batch, "token_mean")
 
@@ -105,8 +109,8 @@ class TextClassification(TextToText, ClassificationFormat):
 
     def __init__(self, label_names: list[str], predict_with: Literal["labels", "generate"] = "labels",
                  max_new_tokens: int = 20, num_beams: int = 1):
-        super().__init__(label_names)
-        self.predict_with, self.max_new_tokens, self.num_beams = predict_with, max_new_tokens, num_beams
+        super().__init__(label_names, max_new_tokens, num_beams)
+        self.predict_with = predict_with
 
     def scores(self, model: PromptedModel, batch: dict) -> Tensor:
         return model.sequence_logprobs(batch["candidates"], "sum").view(len(batch["ids"]), -1)

@@ -82,10 +82,6 @@ class TextNer(TextToText, NerFormat):
 
     format = "text_to_text"
 
-    def __init__(self, label_names: list[str], max_new_tokens: int = 20, num_beams: int = 1):
-        super().__init__(label_names)
-        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
-
     def predicted_tags(self, model: PromptedModel, batch: dict) -> list[list[str]]:
         types = {n[2:] for n in self.label_names if n != "O"}
         texts = self.generate(model, batch["source"])

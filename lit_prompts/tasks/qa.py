@@ -92,10 +92,6 @@ class TextQa(TextToText, QaFormat):
 
     format = "text_to_text"
 
-    def __init__(self, label_names: list[str], max_new_tokens: int = 20, num_beams: int = 1):
-        super().__init__(label_names)
-        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
-
     def answers(self, model: PromptedModel, batch: dict) -> list[tuple[str, float, int]]:
         texts = self.generate(model, batch["source"])
         return [(t.strip(), 0.0, c.find(t.strip())) for t, c in zip(texts, batch["context"])]
