@@ -180,7 +180,7 @@ def _prompt_module(entry, source: str, trust_code: bool, own_class: type) -> Pro
         raise UntrustedClassError(f"{source} names {class_path!r}, which is not a lit_prompts.Prompt subclass")
     try:
         return cls(**entry["settings"])
-    except TypeError as error:
+    except (TypeError, ValueError, RuntimeError) as error:  # wrong names, types or sizes (e.g. a negative length)
         raise ValueError(f"{source}: prompt settings {entry['settings']} do not build {short}: {error}") from None
 
 

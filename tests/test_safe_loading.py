@@ -187,3 +187,19 @@ def test_validate_from_a_checkpoint_with_the_backbone_elsewhere(trained, reviews
                   f"--ckpt_path={next((trained / 'checkpoints').glob('best-*.ckpt'))}", root=tmp_path)
     assert cli.model.hparams.backbone == str(copy) and cli.model.hparams.label_names == ["negative", "positive"]
     assert 0 <= cli.trainer.callback_metrics["val/accuracy"] <= 1
+
+
+@pytest.mark.parametrize("settings", [{"length": -1, "hidden_size": 4}, {"length": "x", "hidden_size": 4}, {"bogus": 1}])
+def test_prompt_settings_that_build_no_module_are_refused_naming_the_folder(settings, tmp_path):
+    from safetensors.torch import save_file
+
+    from lit_prompts.safe_reading import tensors_sha256
+
+    tensors = {"prompt.prompt": torch.zeros(2, 4)}
+    save_file(tensors, tmp_path / "prompt.safetensors")
+    (tmp_path / "prompt.json").write_text(json.dumps({
+        "class_path": "lit_prompts.training.methods.PromptTuning", "format_version": 2, "init_args": {}, "backbone": {},
+        "prompt": {"class_path": "lit_prompts.methods.prompt_tuning.SoftPrompt", "settings": settings},
+        "tensors": {"prompt.prompt": [2, 4]}, "tensors_sha256": tensors_sha256(tensors)}))
+    with pytest.raises(ValueError, match=f"prompt folder {tmp_path}: prompt settings .* do not build SoftPrompt"):
+        lit_prompts.load_prompt(tmp_path)
