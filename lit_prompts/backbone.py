@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import platform
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from transformers import (
 from .prefix_injection import find_self_attention
 
 TASK_FORMATS = ("head", "text_to_text", "cloze", "token", "span")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+QUANTIZATIONS = ("4bit", "8bit")
 
 
 def resolve_path(name: str) -> str:
@@ -142,10 +145,38 @@ def shared_backbones():
         _SHARED.reset(token)
 
 
+def quantization_config(quantization: str, dtype: str):
+    """transformers' bitsandbytes config for ``quantization`` (``4bit``: NF4 with double quantization,
+    computing in ``dtype``, bfloat16 for float32; ``8bit``: LLM.int8), after checking this platform can
+    run it."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r} is not one of {QUANTIZATIONS}")
+    if not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
+        raise ValueError(
+            f"quantization={quantization!r} loads the backbone through bitsandbytes, which needs a CUDA GPU; this "
+            f"platform ({platform.system()} {platform.machine()}, torch {torch.__version__}) has {build}. Drop "
+            "model.init_args.quantization, or use backbone_dtype: bfloat16 (or float16) to halve the weights"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"quantization={quantization!r} needs bitsandbytes: pip install 'lit_prompts[quantization]'")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if DTYPES[dtype] == torch.float32 else DTYPES[dtype]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
 def load_backbone(
-    name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None
+    name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None, on_meta: bool = False,
+    quantization: str | None = None,
 ) -> PreTrainedModel:
-    """Load the backbone in the form a task format needs, frozen and in ``dtype``.
+    """Load the backbone in the form a task format needs, frozen and in ``dtype`` (with
+    ``quantization``, its linear layers in 4 or 8 bits: see ``quantization_config``); with ``on_meta``,
+    only its structure (tensors on the meta device, no weights read: a process that receives its
+    shard of the weights from another, see ``sharding``).
 
     head, token,  the bare encoder (T5: its encoder only); the method adds its own head
     span
@@ -156,6 +187,14 @@ def load_backbone(
         raise ValueError(f"task_format={task_format!r} is not one of {TASK_FORMATS}")
     if dtype not in DTYPES:
         raise ValueError(f"backbone_dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if quantization is not None:
+        if on_meta:
+            raise ValueError(f"quantization={quantization!r} cannot be combined with sharding (the {name!r} weights "
+                             "would be quantized on one process only): use one or the other")
+        kwargs_quantized = {"quantization_config": quantization_config(quantization, dtype),
+                            "device_map": {"": torch.cuda.current_device()}}
+    else:
+        kwargs_quantized = {}
     path = resolve_path(name)
     config = load_config(name)
     facts = ArchitectureFacts.from_config(config)
@@ -180,12 +219,16 @@ def load_backbone(
         kwargs["add_pooling_layer"] = False
     if attn_implementation:  # default: transformers' choice, SDPA wherever the architecture has it
         kwargs["attn_implementation"] = attn_implementation
+    if on_meta:
+        with torch.device("meta"):
+            return auto.from_config(config, dtype=DTYPES[dtype], **kwargs).requires_grad_(False)
     shared = _SHARED.get()
-    key = (str(Path(path).resolve()) if Path(path).exists() else path, auto.__name__, dtype, attn_implementation)
+    key = (str(Path(path).resolve()) if Path(path).exists() else path, auto.__name__, dtype, attn_implementation, quantization)
     if shared is not None and key in shared:
         return shared[key]
     with _without_load_report():
-        model, loading = auto.from_pretrained(path, dtype=DTYPES[dtype], output_loading_info=True, **kwargs)
+        model, loading = auto.from_pretrained(path, dtype=DTYPES[dtype], output_loading_info=True, **kwargs,
+                                              **kwargs_quantized)
     if loading["missing_keys"]:
         missing = sorted(loading["missing_keys"])
         rank_zero_warn(
@@ -238,9 +281,26 @@ def weights_digest(model: PreTrainedModel, samples_per_tensor: int = 65536) -> s
     return digest.hexdigest()[:16]
 
 
+def weights_sample(model: PreTrainedModel, count: int = 32) -> list[float]:
+    """Input-embedding values at ``count`` fixed positions. The digest tells weights apart exactly but
+    changes with the dtype they were loaded in (float16 rounds differently); these values agree to
+    within that rounding across dtypes and quantization (which leaves embeddings alone)."""
+    flat = model.get_input_embeddings().weight.detach().reshape(-1)
+    positions = (torch.arange(count) * (flat.numel() - 1) // (count - 1)).to(flat.device)  # exact, unlike float steps
+    return [float(v) for v in flat[positions].float().cpu()]
+
+
+def samples_agree(a: list[float] | None, b: list[float] | None) -> bool:
+    """Two ``weights_sample`` lists equal to within half-precision rounding (bfloat16: 2^-8 relative)."""
+    if not a or not b or len(a) != len(b):
+        return False
+    return all(abs(x - y) <= 1e-2 * max(abs(x), abs(y)) + 1e-6 for x, y in zip(a, b))
+
+
 def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:
     """What must match for a trained prompt to be meaningful on a backbone."""
     facts = ArchitectureFacts.from_config(model.config)
+    on_meta = model.get_input_embeddings().weight.is_meta
     return {
         "name": name,
         "model_type": facts.model_type,
@@ -248,5 +308,9 @@ def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:
         "num_layers": facts.num_layers,
         "vocab_size": int(model.get_input_embeddings().num_embeddings),
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
-        "weights_digest": weights_digest(model),
+        # None while the weights are not here (built on the meta device; sharding fills them in).
+        "weights_digest": None if on_meta else weights_digest(model),
+        "weights_sample": None if on_meta else weights_sample(model),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "quantized": bool(getattr(model, "is_quantized", False)),
     }

@@ -162,31 +162,28 @@ class ExportPrompt(Callback):
         if preempted(exception) and trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
             # LatestCheckpoint saves the state reached after this (checkpoint callbacks run last): keep it.
             try:
-                self.export(trainer, pl_module, keep_state=True)
+                self.export(trainer, pl_module)
             except Exception as error:  # the checkpoint must still be saved, and the run stop on SIGTERM
                 rank_zero_warn(f"SIGTERM: the prompt was not exported: {error}")
 
-    def export(self, trainer: Trainer, pl_module: LightningModule, keep_state: bool = False) -> None:
+    def export(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # trainer.log_dir is a broadcast under DDP: every rank must ask for it.
         folder = Path(self.folder or Path(trainer.log_dir or trainer.default_root_dir) / "prompt")
-        if not trainer.is_global_zero or not hasattr(pl_module, "export_prompt"):
+        if not hasattr(pl_module, "export_prompt"):
             return
         ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if ckpt is not None else ""
+        # The best checkpoint's tensors, else the live ones (gathered from FSDP shards: every rank asks).
+        state = None if best else pl_module.trainable_state_dict()
+        if not trainer.is_global_zero:
+            return
         summary = []
-        kept = {}
-        if ckpt is not None and ckpt.best_model_path:
-            state = read_checkpoint(ckpt.best_model_path)["state_dict"]
-            if keep_state:
-                kept = {k: v.detach().clone() for k, v in pl_module.state_dict().items() if k in state}
-            pl_module.load_state_dict(state, strict=False)
+        if best:
+            state = read_checkpoint(best)["state_dict"]
             if ckpt.best_model_score is not None:
                 summary.append(f"best {ckpt.monitor} = {float(ckpt.best_model_score):.4f}")
-            summary.append(f"checkpoint: {ckpt.best_model_path}")
-        try:
-            path = pl_module.export_prompt(folder)
-        finally:
-            if kept:
-                pl_module.load_state_dict(kept, strict=False)
+            summary.append(f"checkpoint: {best}")
+        path = pl_module.export_prompt(folder, state)
         summary.append(f"prompt saved to {path} ({path.stat().st_size:,} bytes)")
         rank_zero_info("\n".join(summary))
 

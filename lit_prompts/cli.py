@@ -19,6 +19,7 @@ from .cli_errors import INPUT_ERRORS, ShortErrorParser, check_config_files, debu
 from .data import PromptDataModule
 from .loading import import_class, method_class
 from .safe_reading import read_checkpoint
+from .sharding import STRATEGY_NAME, ShardedPromptStrategy, load_on_rank_zero
 from .training import PromptMethod
 
 # Settings of a --ckpt_path run that the command decides: how to predict, and where the backbone is
@@ -86,6 +87,12 @@ class LitPromptsCLI(LightningCLI):
             config.trainer.strategy = DDP_FINDING_UNUSED[strategy]
         self._resume_in_its_log_folder(config)
 
+    def instantiate_classes(self) -> None:
+        # Under the sharding strategy, only global rank 0 reads the backbone's weights (sharding.py).
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        with load_on_rank_zero(is_sharding(config.trainer.strategy)):
+            super().instantiate_classes()
+
     def _resume_in_its_log_folder(self, config) -> None:
         """``fit --ckpt_path <root>/lightning_logs/version_N/checkpoints/X`` with the default logger logs
         into that version_N again, not into a new one: the checkpoint callbacks find their own folder and
@@ -130,6 +137,20 @@ class LitPromptsCLI(LightningCLI):
         )
         parser.add_lightning_class_args(ExportPrompt, "export")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+
+def is_sharding(strategy) -> bool:
+    """Whether a ``trainer.strategy`` setting names ``ShardedPromptStrategy`` (or a subclass)."""
+    path = strategy.get("class_path") if isinstance(strategy, Namespace) else strategy
+    if path == STRATEGY_NAME:
+        return True
+    if not isinstance(path, str) or "." not in path:
+        return isinstance(strategy, ShardedPromptStrategy)
+    try:
+        cls = import_class(path)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ShardedPromptStrategy)
 
 
 def init_defaults(cls: type) -> dict:

@@ -41,6 +41,10 @@ _CROSS_ATTENTION_NAMES = ("EncDecAttention", "crossattention")
 def _prefixed_kernel(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
     """Registered as an attention implementation; used only by modules ``install`` rewired."""
     prefix = module.lit_prompts_prefix
+    if isinstance(prefix, Tensor):
+        # Hidden-state prompts are projected here, inside the layer's own forward: a sharded (FSDP)
+        # layer has gathered its weights only for that long.
+        prefix = project_hidden(module, prefix, num_kv_heads=key.shape[1], dtype=key.dtype)
     if prefix is not None:
         key, value, attention_mask, kwargs = _with_prefix(module, query, key, value, attention_mask, prefix, kwargs)
     return module.lit_prompts_kernel(module, query, key, value, attention_mask, **kwargs)
@@ -106,17 +110,21 @@ def find_self_attention(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
 class PrefixInjector:
     """Rewires every self-attention module of ``backbone`` and feeds them prefixes.
 
-    ``set(prefixes)`` installs one (key, value) pair per layer, in ``find_self_attention`` order;
-    ``set(None)`` removes them. Prefixes stay installed until replaced, so a recomputation under
+    ``set(prefixes)`` installs one prefix per layer, in ``find_self_attention`` order: a (key, value)
+    pair, or hidden-state prompts ``[P, H]`` / ``[B, P, H]`` that the layer projects itself when it
+    runs; ``set(None)`` removes them. Prefixes stay installed until replaced, so a recomputation under
     gradient checkpointing sees the same ones.
     """
 
     def __init__(self, backbone: nn.Module):
         kernel = backbone.config._attn_implementation or "eager"
         if kernel not in SUPPORTED_KERNELS:
+            # flash_attention_2 / flex_attention and the hub's kernels take keys and values only as long
+            # as the text (or a mask object built for that length): a prefix cannot be put in front.
             raise ValueError(
-                f"deep prompts work with attn_implementation {SUPPORTED_KERNELS}; the backbone uses {kernel!r} "
-                "(set model.init_args.attn_implementation)"
+                f"deep prompts (a prefix in every attention layer) need attn_implementation 'eager' or 'sdpa'; "
+                f"the backbone runs {kernel!r}, which cannot take a prefix here. Set model.init_args."
+                "attn_implementation: sdpa (or use a method that prompts the input only, e.g. PromptTuning)"
             )
         self.layers = find_self_attention(backbone)
         if not self.layers:
@@ -135,28 +143,35 @@ class PrefixInjector:
             return ["layers"] * len(names)
         return ["decoder" if ".decoder." in f".{n}" else "encoder" for n in names]
 
-    def set(self, prefixes: list[tuple[Tensor, Tensor]] | None) -> None:
+    def set(self, prefixes: list[tuple[Tensor, Tensor] | Tensor] | None) -> None:
         if prefixes is not None and len(prefixes) != len(self.layers):
             raise ValueError(f"got prefixes for {len(prefixes)} layers; the backbone has {len(self.layers)}")
         for i, (_, module) in enumerate(self.layers):
             module.lit_prompts_prefix = None if prefixes is None else prefixes[i]
 
     def project(self, layer: int, hidden: Tensor, num_kv_heads: int) -> tuple[Tensor, Tensor]:
-        """Keys and values ``[H_kv, P, d]`` of hidden-state prompts ``[P, H]`` (``[B, H_kv, P, d]``
-        of per-example prompts ``[B, P, H]``) under the layer's own frozen projections (no
-        position: rotary is not applied)."""
-        module = self.layers[layer][1]
-        children = dict(module.named_children())
-        hidden = hidden.to(next(module.parameters()).dtype).contiguous()  # fp32 prompts into a bf16 backbone
-        if "c_attn" in children:  # GPT-2: one fused projection to query, key and value
-            _, key, value = children["c_attn"](hidden).split(module.split_size, dim=-1)
-        else:
-            k_name = next(k for k in _KEY_PROJECTIONS if k in children)
-            key, value = children[k_name](hidden), children[_KEY_PROJECTIONS[k_name]](hidden)
-        key, value = (t.unflatten(-1, (num_kv_heads, -1)) for t in (key, value))
-        if "k_norm" in children:  # per-head query/key norms (Qwen3, OLMo2)
-            key = children["k_norm"](key)
-        return key.transpose(-3, -2), value.transpose(-3, -2)
+        """``project_hidden`` through the ``layer``-th self-attention module."""
+        return project_hidden(self.layers[layer][1], hidden, num_kv_heads)
+
+
+def project_hidden(module: nn.Module, hidden: Tensor, num_kv_heads: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """Keys and values ``[H_kv, P, d]`` of hidden-state prompts ``[P, H]`` (``[B, H_kv, P, d]`` of
+    per-example prompts ``[B, P, H]``) under a self-attention module's own frozen projections (no
+    position: rotary is not applied), computed in ``dtype`` (default: the module's floating-point
+    weights'; quantized weights are integers and compute in float32 or their compute dtype)."""
+    children = dict(module.named_children())
+    if dtype is None:
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    hidden = hidden.to(dtype).contiguous()  # fp32 prompts into a bf16 backbone
+    if "c_attn" in children:  # GPT-2: one fused projection to query, key and value
+        _, key, value = children["c_attn"](hidden).split(module.split_size, dim=-1)
+    else:
+        k_name = next(k for k in _KEY_PROJECTIONS if k in children)
+        key, value = children[k_name](hidden), children[_KEY_PROJECTIONS[k_name]](hidden)
+    key, value = (t.unflatten(-1, (num_kv_heads, -1)) for t in (key, value))
+    if "k_norm" in children:  # per-head query/key norms (Qwen3, OLMo2)
+        key = children["k_norm"](key)
+    return key.transpose(-3, -2), value.transpose(-3, -2)
 
 
 def clear_prefixes(backbone: nn.Module) -> None:

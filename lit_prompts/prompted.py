@@ -26,15 +26,20 @@ class Prompted:
     def aux_loss(self) -> Tensor | None:
         return sum(self.aux_losses) if self.aux_losses else None
 
+    def prompted_inputs(self, inputs: dict) -> tuple[dict, int]:
+        """The backbone's keyword arguments with the prompt in place, and the prepended length. The
+        readers below run the backbone only after this has returned: the text's own embeddings, which
+        the prompted ones replace, are then freed before the forward pass instead of living through it."""
+        return self.backbone.prompted_inputs(inputs, *self.prompt_for(inputs))
+
     def hidden_states(self, batch: dict) -> Tensor:
-        return self.backbone.hidden_states(batch, *self.prompt_for(batch))
+        return self.backbone.hidden_states_of(self.prompted_inputs(batch))
 
     def masked_lm_logits(self, batch: dict) -> Tensor:
-        return self.backbone.masked_lm_logits(batch, *self.prompt_for(batch))
+        return self.backbone.masked_lm_logits_of(self.prompted_inputs(batch))
 
     def sequence_logprobs(self, seqs: dict, reduction: str) -> Tensor:
-        output, embeds = self.prompt_for(seqs)
-        return self.backbone.sequence_logprobs(seqs, output, reduction, embeds)
+        return self.backbone.sequence_logprobs_of(self.prompted_inputs(seqs), seqs["target_ids"], reduction)
 
     def generate_text(self, source: dict, max_new_tokens: int, num_beams: int) -> list[str]:
         output, embeds = self.prompt_for(source)

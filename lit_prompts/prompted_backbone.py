@@ -39,9 +39,10 @@ class PromptedBackbone(nn.Module):
         self.injector: PrefixInjector | None = None  # attention is rewired only once a layer prompt arrives
 
     @classmethod
-    def load(cls, name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None):
+    def load(cls, name: str, task_format: str, dtype: str = "float32", attn_implementation: str | None = None,
+             on_meta: bool = False, quantization: str | None = None):
         """The backbone in the form ``task_format`` reads (see ``load_backbone``), frozen."""
-        return cls(load_backbone(name, task_format, dtype, attn_implementation), name)
+        return cls(load_backbone(name, task_format, dtype, attn_implementation, on_meta, quantization), name)
 
     @cached_property
     def tokenizer(self):
@@ -56,7 +57,10 @@ class PromptedBackbone(nn.Module):
     def vocab_embeddings(self, shape: tuple[int, ...]) -> Tensor:
         """Input embeddings (fp32) of random vocabulary tokens, ``[*shape, H]``: prompt vectors of the
         scale the backbone's inputs have. The first ids (padding, special tokens) are skipped."""
-        table = self.model.get_input_embeddings().weight.detach().float()
+        table = self.model.get_input_embeddings().weight.detach()
+        if table.is_meta:  # no weights in this process: its prompt values will come from rank 0 (sharding)
+            return torch.zeros(*shape, table.shape[1])
+        table = table.float()
         low = min(1000, table.shape[0] // 2)
         return table[torch.randint(low, table.shape[0], shape)].clone()
 
@@ -99,12 +103,13 @@ class PromptedBackbone(nn.Module):
     # --- prompt in place --------------------------------------------------------------------------
     def install_layers(self, prompt: PromptOutput | None) -> None:
         """Put the prompt's layer prefixes in place (or take any away). They stay until the next call,
-        so gradient checkpointing recomputes a layer with the same prefix."""
-        kv = None if prompt is None else prompt.layer_kv
+        so gradient checkpointing recomputes a layer with the same prefix. Hidden-state prompts go in
+        as they are: each layer projects its own inside its forward (where FSDP has its weights)."""
+        layers = None if prompt is None else prompt.layer_kv
         if prompt is not None and prompt.layer_hidden is not None:
-            kv = self.layer_kv(prompt.layer_hidden)
-        if kv is not None or getattr(self.model, "lit_prompts_rewired", False):
-            self._injector().set(kv)
+            layers = list(prompt.layer_hidden.unbind(-3))
+        if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
+            self._injector().set(layers)
 
     def prompted_inputs(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> tuple[dict, int]:
         """Keyword arguments for the model with the prompt in place, and how many positions a
@@ -138,21 +143,33 @@ class PromptedBackbone(nn.Module):
         return kwargs, shift
 
     # --- what task formats read -----------------------------------------------------------------------
+    # Each comes in two forms: from a prompt output, and ``*_of`` the keyword arguments and shift that
+    # ``prompted_inputs`` returned. The latter lets a caller (``Prompted``) build the prompted
+    # embeddings in a call that has returned before the forward pass, so that no frame still holds the
+    # text's own embeddings [B, T, H] through it.
     def hidden_states(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> Tensor:
         """[B, T, H] last hidden states at the text's own positions (encoder form)."""
-        kwargs, shift = self.prompted_inputs(inputs, prompt, embeds)
+        return self.hidden_states_of(self.prompted_inputs(inputs, prompt, embeds))
+
+    def hidden_states_of(self, prompted: tuple[dict, int]) -> Tensor:
+        kwargs, shift = prompted
         return self.model(**kwargs).last_hidden_state[:, shift:]
 
     def masked_lm_logits(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> Tensor:
         """[B, T, V] masked-LM logits at the text's own positions (cloze)."""
-        kwargs, shift = self.prompted_inputs(inputs, prompt, embeds)
+        return self.masked_lm_logits_of(self.prompted_inputs(inputs, prompt, embeds))
+
+    def masked_lm_logits_of(self, prompted: tuple[dict, int]) -> Tensor:
+        kwargs, shift = prompted
         return self.model(**kwargs).logits[:, shift:]
 
     def sequence_logprobs(self, seqs: dict, prompt: PromptOutput, reduction: str, embeds: Tensor | None = None) -> Tensor:
         """Text-to-text: log-probability of each row's ``target_ids`` (``sum`` per row, or the
         ``token_mean`` over the batch)."""
-        kwargs, _ = self.prompted_inputs(seqs, prompt, embeds)
-        targets = seqs["target_ids"]
+        return self.sequence_logprobs_of(self.prompted_inputs(seqs, prompt, embeds), seqs["target_ids"], reduction)
+
+    def sequence_logprobs_of(self, prompted: tuple[dict, int], targets: Tensor, reduction: str) -> Tensor:
+        kwargs, _ = prompted
         if self.facts.is_encoder_decoder:
             decoder_inputs = self.model.prepare_decoder_input_ids_from_labels(targets)
             logits = self.model(**kwargs, decoder_input_ids=decoder_inputs, use_cache=False).logits
@@ -207,6 +224,10 @@ def join_prompts(prompts: list[PromptOutput], sizes: list[int], backbone: Prompt
     prepend = None
     if prompts[0].prepend is not None:
         prepend = torch.cat([p.prepend_rows(n) for p, n in zip(prompts, sizes)])
+    if all(p.layer_hidden is not None for p in prompts):  # hidden-state prompts join as they are
+        hidden = torch.cat([p.layer_hidden if p.layer_hidden.dim() == 4 else p.layer_hidden.expand(n, -1, -1, -1)
+                            for p, n in zip(prompts, sizes)])
+        return PromptOutput(prepend=prepend, layer_hidden=hidden)
     layer_kv = None
     if any(p.layer_kv is not None or p.layer_hidden is not None for p in prompts):
         per_part = []

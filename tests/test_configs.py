@@ -2,7 +2,8 @@
 
 Hub ids cannot be reached here, so task configs run with the backbone swapped for a tiny one of
 the same family and SST-2 read from ../shared/data; the quickstart runs exactly as shipped. Trainer
-configs run with their hardware swapped for CPUs (DDP as ddp_spawn over two processes).
+configs run with their hardware swapped for CPUs (DDP as ddp_spawn over two processes, FSDP over two
+gloo processes).
 """
 
 from __future__ import annotations
@@ -95,21 +96,34 @@ def test_task_config_runs(config, tiny_backbone, tmp_path):
 def test_trainer_config_runs_on_cpus(config, tiny_backbone, reviews, tmp_path):
     trainer = yaml.safe_load(config.read_text())["trainer"]
     hardware = ["--trainer.accelerator=cpu", "--trainer.num_nodes=1"]
+    sharded = trainer.get("strategy") == "prompt_fsdp"
     if trainer.get("strategy") == "ddp":
         hardware += ["--trainer.strategy=ddp_spawn", "--trainer.devices=2"]
+    elif sharded:  # two gloo processes, which Lightning starts by running the command again
+        hardware += ["--trainer.devices=2"]
     else:
         hardware += ["--trainer.devices=1"]
     task = [
         "--model=PromptTuning",
-        f"--model.backbone={tiny_backbone('gpt2')}",
+        f"--model.backbone={tiny_backbone('gpt2')}",  # tied embeddings: sharding unties them
         "--model.num_virtual_tokens=2",
         data_files_arg(reviews, splits=("train", "validation")),
         "--data.batch_size=8",
     ]
-    cli = run_cli("fit", f"--config={config}", *task, *hardware, *FEW_STEPS, f"--trainer.default_root_dir={tmp_path}", root=tmp_path)
+    args = ["fit", f"--config={config}", *task, *hardware, *FEW_STEPS, f"--trainer.default_root_dir={tmp_path}"]
+    if sharded:
+        done = subprocess.run([sys.executable, "-m", "lit_prompts", *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Starting with 2 processes" in done.stdout + done.stderr
+    else:
+        cli = run_cli(*args, root=tmp_path)
+        assert cli.trainer.world_size == (2 if trainer.get("strategy") == "ddp" else 1)
     # Everything but the hardware came from the file.
-    assert cli.trainer.precision == str(trainer.get("precision", "32-true"))
-    assert cli.trainer.max_epochs == 1 and cli.trainer.world_size == (2 if trainer.get("strategy") == "ddp" else 1)
     saved = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert str(saved["trainer"]["precision"]) == str(trainer.get("precision", "32-true"))
+    assert saved["trainer"]["max_epochs"] == 1
+    if sharded:
+        assert saved["trainer"]["strategy"] == "prompt_fsdp"
     assert saved["trainer"]["log_every_n_steps"] == trainer["log_every_n_steps"]
+    assert (tmp_path / "lightning_logs" / "version_0" / "prompt" / "prompt.safetensors").is_file()
     json.dumps(saved["data"])  # the saved config is plain data

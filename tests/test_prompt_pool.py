@@ -46,7 +46,10 @@ def test_each_example_gets_its_own_prompts(tiny_backbone):
     _, shift = deep.backbone.prompted_inputs({"input_ids": torch.ones(2, 5, dtype=torch.long),
                                               "attention_mask": torch.ones(2, 5, dtype=torch.long)}, output)
     assert shift == 0  # nothing in front of the input: the prompts are in the layers
-    key, value = deep.backbone.injector.layers[0][1].lit_prompts_prefix
+    # Per-example hidden-state prompts, projected by each layer when it runs.
+    installed = deep.backbone.injector.layers[0][1].lit_prompts_prefix
+    assert installed.shape == (2, 2 * P, deep.facts.hidden_size)
+    key, value = deep.backbone.layer_kv(output.layer_hidden)[0]
     assert key.shape == value.shape == (2, deep.facts.num_key_value_heads, 2 * P, deep.facts.head_dim)
 
 

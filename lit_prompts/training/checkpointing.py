@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..backbone import samples_agree
 from ..safe_reading import PROMPT_FILE, SETTINGS_FILE, nonfinite_names, tensors_sha256
+from ..sharding import full, is_sharded, unsharded_class
 from .divergence import DivergenceError, check_finite_state
 from .legacy import upgrade_state_names
 
@@ -32,16 +34,22 @@ class PromptCheckpointing:
     # Lightning: the checkpoint deliberately lacks backbone keys, so do not load strictly.
     strict_loading = False
 
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
+        """The trainable tensors, whole (under FSDP gathered from their shards: every rank must call it)."""
+        names = self.trainable_names()
+        return {k: full(v) for k, v in self.state_dict().items() if k in names}
 
     @classmethod
     def class_path(cls) -> str:
+        cls = unsharded_class(cls)
         return f"{cls.__module__}.{cls.__qualname__}"
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_state_dict()}
+        names = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
         check_finite_state(self, checkpoint["state_dict"])  # a NaN model is never saved, so never chosen as best
         checkpoint["lit_prompts"] = {
             "class_path": self.class_path(),
@@ -59,17 +67,13 @@ class PromptCheckpointing:
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lit_prompts", {})
         self.check_backbone(meta.get("backbone", {}), source="checkpoint")
-        expected = set(self.trainable_state_dict())
-        if meta.get("format_version", 1) < FORMAT_VERSION:
-            checkpoint["state_dict"] = upgrade_state_names(checkpoint["state_dict"], expected, list(self.formats))
-        missing = sorted(expected - set(checkpoint["state_dict"]))
-        if missing:
-            raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")
-        # The frozen backbone, left out on purpose, is already loaded from its name: hand its own
-        # tensors back (copying a tensor onto itself is free) so that loading finds nothing missing,
-        # instead of ``load_from_checkpoint`` warning with the name of every backbone weight.
-        for name, tensor in self.state_dict().items():
-            checkpoint["state_dict"].setdefault(name, tensor)
+        if "state_dict" in checkpoint:  # (a sharding strategy has loaded it, after check_tensors)
+            self.check_tensors(checkpoint)
+            # The frozen backbone, left out on purpose, is already loaded from its name: hand its own
+            # tensors back (copying a tensor onto itself is free) so that loading finds nothing missing,
+            # instead of ``load_from_checkpoint`` warning with the name of every backbone weight.
+            for name, tensor in self.state_dict().items():
+                checkpoint["state_dict"].setdefault(name, tensor)
         self.skipped_steps = meta.get("skipped_steps", 0)
         rng = meta.get("rng")
         if rng:
@@ -77,6 +81,15 @@ class PromptCheckpointing:
             random.setstate(rng["python"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def check_tensors(self, checkpoint: dict) -> None:
+        """The checkpoint holds every trainable tensor of this method (0.1 names upgraded in place)."""
+        expected = self.trainable_names()
+        if checkpoint.get("lit_prompts", {}).get("format_version", 1) < FORMAT_VERSION:
+            checkpoint["state_dict"] = upgrade_state_names(checkpoint["state_dict"], expected, list(self.formats))
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")
 
     def check_backbone(self, saved: dict, source: str, allow_other_weights: bool = False) -> None:
         """The backbone loaded now is the one the prompt was trained on: same architecture and shape,
@@ -90,6 +103,9 @@ class PromptCheckpointing:
             )
         allow_other_weights = allow_other_weights or os.environ.get(ALLOW_OTHER_WEIGHTS) == "1"
         saved_digest, digest = saved.get("weights_digest"), self.fingerprint.get("weights_digest")
+        loaded_alike = (saved.get("dtype"), saved.get("quantized")) == (self.fingerprint.get("dtype"), self.fingerprint.get("quantized"))
+        if not loaded_alike and samples_agree(saved.get("weights_sample"), self.fingerprint.get("weights_sample")):
+            saved_digest = digest  # the same weights in another dtype or quantization: their digests differ
         if saved_digest and digest and saved_digest != digest and not allow_other_weights:
             raise ValueError(
                 f"this {source} was trained on backbone {saved.get('name')!r} (weights digest {saved_digest}), but "
@@ -99,27 +115,53 @@ class PromptCheckpointing:
             )
 
     # --- export ---------------------------------------------------------------------------------
-    def export_tensors(self) -> dict[str, torch.Tensor]:
+    def export_tensors(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Tensors needed at inference: the folded prompt's (``prompt.``) and the other trainable ones
-        (task heads; the backbone's own under full fine-tuning)."""
-        _, _, prompt = self.prompt.export()
-        others = {k: v for k, v in self.trainable_state_dict().items() if not k.startswith("prompt.")}
-        return {**{f"prompt.{k}": v for k, v in prompt.items()}, **others}
+        (task heads; the backbone's own under full fine-tuning). ``state``: trainable tensors to export
+        instead of the module's own (a checkpoint's, or gathered from FSDP shards)."""
+        return self.exported(state)[2]
+
+    def exported(self, state: dict[str, torch.Tensor] | None = None) -> tuple[str, dict, dict[str, torch.Tensor]]:
+        """(class path, settings) of the folded prompt module, and ``export_tensors``."""
+        sharded = is_sharded(self)
+        if state is None:
+            state = self.trainable_state_dict()
+            if not sharded:
+                return self._exported_with(self.prompt, state)
+        values = {k[len("prompt."):]: v for k, v in state.items() if k.startswith("prompt.")}
+        if sharded:  # an unsharded copy of the prompt module holding these values
+            prompt = type(self.prompt)(**self.prompt.settings)
+            prompt.load_state_dict(values, strict=False)
+            return self._exported_with(prompt, state)
+        kept = {k: v.detach().clone() for k, v in self.prompt.state_dict().items()}
+        self.prompt.load_state_dict(values, strict=False)
+        try:  # the live module holds the values for a moment (its class may not rebuild from settings)
+            prompt_class, settings, tensors = self._exported_with(self.prompt, state)
+            return prompt_class, settings, {k: v.clone() for k, v in tensors.items()}
+        finally:
+            self.prompt.load_state_dict(kept)
+
+    @staticmethod
+    def _exported_with(prompt, state: dict[str, torch.Tensor]) -> tuple[str, dict, dict[str, torch.Tensor]]:
+        prompt_class, settings, tensors = prompt.export()
+        others = {k: v for k, v in state.items() if not k.startswith("prompt.")}
+        return prompt_class, settings, {**{f"prompt.{k}": v for k, v in tensors.items()}, **others}
 
     def export_init_args(self) -> dict:
         """The settings that rebuild this method (its prompt module is then the exported one)."""
         return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
 
-    def export_prompt(self, folder: str | Path) -> Path:
-        """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder."""
+    def export_prompt(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder;
+        ``state`` as in ``export_tensors``."""
         folder = Path(folder)
-        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.export_tensors().items()}
+        prompt_class, prompt_settings, tensors = self.exported(state)
+        tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
         broken = nonfinite_names(tensors)
         if broken:
             raise DivergenceError(f"not exporting a prompt to {folder}: the tensors {broken} hold NaN or infinity")
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, folder / PROMPT_FILE)
-        prompt_class, prompt_settings, _ = self.prompt.export()
         settings = {
             "class_path": self.class_path(),
             "format_version": FORMAT_VERSION,

@@ -24,6 +24,7 @@ from ..formats import BACKBONE_FORMS, Task, TaskFormat
 from ..methods.base import NoPrompt
 from ..prompted import Prompted, WithHiddenStates
 from ..prompted_backbone import PromptedBackbone, PromptsDoNotJoin
+from ..sharding import builds_on_meta, is_sharded, shard_method, unsharded_class
 from ..tasks import build_format
 from ..tasks.classification import Pooling
 from .arguments import check_choices
@@ -43,7 +44,9 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
             ``text_to_text``; qa: ``span`` or ``text_to_text`` (linked from the data module).
         label_names: the label set, or the tag set for ner (linked from the data module).
         verbalizer_token_ids: cloze only: the vocabulary id standing for each label (linked).
-        backbone_dtype: the frozen weights' dtype; prompts stay float32.
+        backbone_dtype: the frozen weights' dtype; prompts and heads stay float32.
+        quantization: load the frozen linear layers in ``4bit`` (NF4) or ``8bit`` through bitsandbytes
+            (CUDA GPUs; extra ``quantization``); prompts and heads stay float32.
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``...; default: transformers' choice.
         pooling: head format: ``auto`` (first real token for encoders, last for decoders, mean
             for T5), ``first``, ``last`` or ``mean`` over the text's real tokens.
@@ -82,7 +85,8 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         task_format: TaskFormat = "head",
         label_names: list[str] | None = None,
         verbalizer_token_ids: list[int] | None = None,
-        backbone_dtype: Literal["float32", "fp32", "bfloat16", "bf16"] = "float32",
+        backbone_dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = "float32",
+        quantization: Literal["4bit", "8bit"] | None = None,
         attn_implementation: str | None = None,
         pooling: Pooling = "auto",
         head_dropout: float = 0.1,
@@ -110,7 +114,8 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
             raise ValueError(f"the tasks need different forms of the backbone ({forms}): use formats that share one "
                              "(head / token / span, or all text_to_text, or all cloze)")
         first_format = next(iter(specs.values()))["task_format"]
-        self.backbone = PromptedBackbone.load(backbone, first_format, backbone_dtype, attn_implementation)
+        self.backbone = PromptedBackbone.load(backbone, first_format, backbone_dtype, attn_implementation,
+                                              on_meta=builds_on_meta(), quantization=quantization)
         if gradient_checkpointing:
             if not self.backbone.model.supports_gradient_checkpointing:
                 raise ValueError(f"gradient_checkpointing: {type(self.backbone.model).__name__} does not support it")
@@ -200,8 +205,23 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         loss = self.formats[task].loss(run, batch)
         return loss if run.aux_loss is None else loss + run.aux_loss
 
+    def forward(self, batch: dict, run: Literal["loss", "evaluate", "predict"] = "loss", metrics=None):
+        """One batch through prompt → backbone → task format: its training ``loss``, an ``evaluate``
+        update of ``metrics`` (a ModuleDict by task), or the ``predict`` rows. Every step enters the
+        model here, so that under FSDP the root unit (prompt and heads) is gathered around it."""
+        if run == "loss":
+            return self.training_loss(batch)
+        if run == "evaluate":
+            task = self.task_of(batch)
+            return self.formats[task].update(self.prompted(task), batch, metrics[task])
+        if "task_batches" in batch:
+            return self.predict_mixed(batch)
+        task = self.task_of(batch)
+        rows = self.formats[task].predict(self.prompted(task), batch)
+        return [{"task": task, **row} for row in rows] if self.is_multitask else rows
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        task, loss = self.task_of(batch), self.training_loss(batch)
+        task, loss = self.task_of(batch), self(batch)
         size = len(batch["ids"])
         if self.is_multitask:
             self.log(f"train/{task}/loss", loss, batch_size=size)
@@ -212,19 +232,13 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         return 1.0
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        task = self.task_of(batch)
-        self.formats[task].update(self.prompted(task), batch, self.val_metrics[task])
+        self(batch, "evaluate", self.val_metrics)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        task = self.task_of(batch)
-        self.formats[task].update(self.prompted(task), batch, self.test_metrics[task])
+        self(batch, "evaluate", self.test_metrics)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        if "task_batches" not in batch:
-            task = self.task_of(batch)
-            rows = self.formats[task].predict(self.prompted(task), batch)
-            return [{"task": task, **row} for row in rows] if self.is_multitask else rows
-        return self.predict_mixed(batch)
+        return self(batch, "predict")
 
     def predict_mixed(self, batch: dict) -> list[dict]:
         """A batch mixing tasks (``task_batches``, ``positions``): the tasks whose formats read hidden
@@ -244,6 +258,12 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
             for position, row in zip(batch["positions"][task], self.formats[task].predict(runs[task], sub_batch)):
                 rows[position] = {"task": task, **row}
         return [rows[i] for i in sorted(rows)]
+
+    def configure_model(self) -> None:
+        """Under a sharding strategy (``ShardedPromptStrategy``: Lightning hands it a device mesh),
+        shard the frozen backbone with FSDP; elsewhere the model is complete as built."""
+        if self.device_mesh is not None and not is_sharded(self):
+            shard_method(self, self.backbone, self.device_mesh["data_parallel"])
 
     # --- optimisation -----------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -268,7 +288,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         total = sum(p.numel() for p in self.parameters())
         report = {"params/trainable": trainable, "params/total": total, "params/saved_pct": 100 * (1 - trainable / total)}
         rank_zero_info(
-            f"{type(self).__name__} on {self.fingerprint['name']}: {trainable:,} trainable of {total:,} parameters "
+            f"{unsharded_class(type(self)).__name__} on {self.fingerprint['name']}: {trainable:,} trainable of {total:,} parameters "
             f"({report['params/saved_pct']:.2f}% saved versus fine-tuning everything)"
         )
         if self.logger is not None:
