@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, review_rows, run_cli
 
 pytestmark = pytest.mark.integration  # each runs a script in a subprocess
@@ -106,3 +107,21 @@ def test_method_comparison_benchmark_text_to_text_on_a_decoder(tiny_backbone, tm
     summary = {(r["impl"], r["method"]): r for r in result["summary"]}
     assert set(summary) == {("lit_prompts", "PrefixTuning"), ("peft", "PrefixTuning")}
     assert "PrefixTuning: step time lit_prompts / PEFT" in result["ratios"]
+
+
+def test_large_backbone_benchmark_smoke(tmp_path):
+    """The GPU benchmark's CPU smoke run: every method trains, 4-bit is reported as not runnable here."""
+    output = tmp_path / "large.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_large_backbone.py"), "--tiny", "--device=cpu",
+               "--steps=1", "--warmup=0", "--seq=16", "--batch-size=2", "--virtual-tokens=2",
+               "--checkpointing", "off", "on", f"--output={output}"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    result = json.loads(output.read_text())
+    runs = {(r["method"], r["weights"], r["gradient_checkpointing"]): r for r in result["runs"]}
+    assert len(runs) == 3 * 2 * 2
+    for (method, weights, _), r in runs.items():
+        if weights == "4bit":
+            if not torch.cuda.is_available():
+                assert "CUDA GPU" in r["error"]
+        else:
+            assert r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["loss"] == r["loss"]  # finite, not NaN
