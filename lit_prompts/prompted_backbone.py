@@ -88,8 +88,11 @@ class PromptedBackbone(nn.Module):
 
     def context(self, inputs: dict, task: str | None = None) -> PromptContext:
         """The prompt's view of a batch (``input_ids``, ``attention_mask``)."""
-        embeds = self.model.get_input_embeddings()(inputs["input_ids"])
         mask = inputs["attention_mask"]
+        if self.model.get_input_embeddings().weight.is_meta:  # no weights here yet (sharding): shapes only
+            embeds = torch.zeros(*mask.shape, self.facts.hidden_size, device=mask.device)
+            return PromptContext(embeds, mask, task, frozen_hidden=lambda: embeds)
+        embeds = self.model.get_input_embeddings()(inputs["input_ids"])
         return PromptContext(embeds, mask, task, frozen_hidden=lambda: self.frozen_hidden(embeds, mask))
 
     @torch.no_grad()

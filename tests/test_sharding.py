@@ -23,14 +23,15 @@ from lit_prompts.sharding import ShardedPromptStrategy, builds_on_meta, load_on_
 # 32 training rows: 4 steps of 8 rows in one process, or of 2 x 4 rows in two. A constant schedule
 # (the default linear decay spans max_steps) lets a run stopped early train as the whole run does.
 COMMON = ["--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-          "--trainer.max_epochs=1", "--seed_everything=3", "--model.head_dropout=0", "--model.num_virtual_tokens=4",
+          "--trainer.max_epochs=1", "--seed_everything=3", "--model.head_dropout=0",
           "--model.lr_schedule=constant_with_warmup", "--model.warmup_steps=1"]
 SHARDED = ["--trainer.devices=2", "--trainer.strategy=prompt_fsdp", "--data.batch_size=4"]
 ONE_PROCESS = ["--trainer.devices=1", "--data.batch_size=8"]
 
 
 def fit(root: Path, method: str, backbone: str, reviews: dict, *args: str) -> dict:
-    command = [sys.executable, "-m", "lit_prompts", "fit", f"--model={method}", f"--model.backbone={backbone}",
+    sizes = ["--model.pool_size=4", "--model.prompt_length=2"] if method == "PromptPool" else ["--model.num_virtual_tokens=4"]
+    command = [sys.executable, "-m", "lit_prompts", "fit", f"--model={method}", f"--model.backbone={backbone}", *sizes,
                data_files_arg(reviews), f"--trainer.default_root_dir={root}", *COMMON, *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LIT_PROMPTS_DEBUG": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -107,3 +108,13 @@ def test_untying_frozen_weights_keeps_the_outputs(tiny_backbone):
 ])
 def test_the_cli_knows_the_sharding_strategy(setting, sharding):
     assert is_sharding(setting) is sharding
+
+
+@pytest.mark.integration  # subprocesses
+def test_a_pool_reading_frozen_hidden_states_trains_sharded(tiny_backbone, reviews, tmp_path):
+    """Its query runs the frozen backbone (``frozen_hidden``): before sharding, in processes that do not
+    hold the weights yet, only shapes are asked for; after it, the sharded backbone answers."""
+    checkpoint = fit(tmp_path, "PromptPool", tiny_backbone("llama"), reviews, *SHARDED)
+    assert checkpoint["global_step"] == 4
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    assert (tmp_path / "lightning_logs" / "version_0" / "prompt" / "prompt.safetensors").is_file()
