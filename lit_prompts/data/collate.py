@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ..formats import IGNORE_INDEX
 
@@ -49,14 +50,44 @@ class EpochShuffleSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
+    def epoch_order(self) -> list[int]:
+        """All indices in this epoch's order, before the split between ranks."""
+        return torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        indices = torch.randperm(self.length, generator=generator).tolist()
+        indices = self.epoch_order()
         padding = self.total_size - len(indices)
         if padding and indices:  # as DistributedSampler: repeat the first indices so every rank has as many
             indices += (indices * math.ceil(padding / len(indices)))[:padding]
         start, self.start = self.start, 0
         return iter(indices[self.rank : self.total_size : self.num_replicas][start:])
+
+
+class LengthGroupedSampler(EpochShuffleSampler):
+    """``EpochShuffleSampler`` whose order puts examples of similar length next to each other, so that
+    a batch holds little padding: the seeded permutation is cut into megabatches, each sorted by length
+    (``transformers``' ``get_length_grouped_indices``; the longest example comes first, so that running
+    out of memory happens at once). Deterministic per (seed, epoch), split between ranks and resumed
+    in mid-epoch as ``EpochShuffleSampler``. A megabatch spans ``num_replicas`` batches per rank, so
+    each rank's consecutive batches come from the same stretch of similar lengths.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(len(lengths), seed=seed, num_replicas=num_replicas, rank=rank)
+        self.lengths, self.batch_size = lengths, batch_size
+
+    def epoch_order(self) -> list[int]:
+        if not self.lengths:
+            return []
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return get_length_grouped_indices(self.lengths, self.batch_size * self.num_replicas, generator=generator)
+
+
+def example_lengths(dataset) -> list[int]:
+    """Each feature's number of input tokens (an Arrow split reads them from its column offsets)."""
+    if hasattr(dataset, "lengths"):
+        return dataset.lengths()
+    return [len(feature["input_ids"]) for feature in dataset.features]
 
 
 class ResumableLoader(DataLoader):
@@ -115,6 +146,25 @@ def training_share(trainer) -> dict:
     share = trainer.distributed_sampler_kwargs or {}
     return {"num_replicas": share.get("num_replicas", trainer.world_size),
             "rank": share.get("rank", trainer.global_rank)}
+
+
+def trainer_stage(trainer) -> str | None:
+    """The stage a trainer runs (fit / validate / test / predict), as ``setup`` gets it; None without one."""
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    return None if fn is None else str(getattr(fn, "value", fn))
+
+
+def batches_taken(module) -> Callable[[], int | None]:
+    """How many training batches of the current epoch the fit loop of the trainer a data module is
+    attached to has taken, also while it validates or saves a checkpoint in mid-fit (None outside a fit)."""
+
+    def taken():
+        trainer = module.trainer
+        if trainer is None or trainer_stage(trainer) != "fit":
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    return taken
 
 
 def trainer_position(module) -> Callable[[], tuple[int, int] | None]:

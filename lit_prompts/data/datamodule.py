@@ -1,50 +1,33 @@
-"""The shared DataModule: reads a hub dataset or local files and casts the task into a format."""
+"""The shared DataModule: a hub dataset or local files, cast into a task's format, cached on disk or streamed."""
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from functools import cached_property
 
-import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbone import ArchitectureFacts, load_config, resolve_path
 from ..formats import Task, TaskFormat, check_task_format
+from .cache import SplitCache
+from .cached_splits import CachedSplits
 from .classification import ClassificationEncoder
-from .collate import EpochShuffleSampler, ListDataset, ResumableLoader, trainer_position, training_share
+from .collate import ListDataset, batches_taken, trainer_position, trainer_stage
 from .encoding import Columns, EncoderSettings, TaskData, check_counts
-from .labels import LabelSet
+from .labels import LabelSet, labels_without_data
+from .loaders import LoaderSettings, RowEncoder, evaluation_loader, streaming_loader, training_loader
 from .ner import NerEncoder
 from .qa import QaEncoder
 from .raw import RawSplit, check_encoding
-from .sources import SplitReader
+from .sources import STAGE_SPLITS, STAGES, SplitReader, check_data_files
+from .streaming import RowStream, open_rows, stream_labels
 
-STAGES = ("train", "validation", "test", "predict")
 # task -> the class that reads, encodes and collates its data (see encoding.TaskData).
 DATA_ENCODERS: dict[str, type[TaskData]] = {"classification": ClassificationEncoder, "ner": NerEncoder, "qa": QaEncoder}
-
-
-def check_data_files(data_files: dict | None, splits: dict[str, str]) -> None:
-    """Every ``data_files`` key must be a split some stage reads: a misspelled one would be ignored."""
-    read = list(dict.fromkeys(splits.values()))
-    for key in data_files or {}:
-        if key in read:
-            continue
-        if key in STAGES:
-            hint = f" To read it in stage {key!r}, set data.init_args.splits={{{key}: {key}}}."
-        else:
-            close = difflib.get_close_matches(key, read, n=1)
-            hint = (f" Did you mean {close[0]!r}?" if close
-                    else f" To read it, map a stage to it, e.g. data.init_args.splits={{validation: {key}}}.")
-        raise ValueError(
-            f"data.init_args.data_files names the split {key!r}, which no stage reads; the stages read {read} "
-            f"(stage -> split: {splits}, see data.init_args.splits).{hint}"
-        )
 
 
 class PromptDataModule(LightningDataModule):
@@ -86,6 +69,20 @@ class PromptDataModule(LightningDataModule):
         batch_size: training batch size (per device).
         eval_batch_size: batch size for validation, test and predict (default: batch_size).
         num_workers: DataLoader worker processes.
+        cache: encode each split once into an on-disk cache of memory-mapped Arrow files, reused by
+            every process and every later run with the same data, tokenizer and settings (false: each
+            process reads and encodes the data into memory, on every run).
+        cache_dir: folder of that cache; default ``$LIT_PROMPTS_DATA_CACHE``, else ``lit_prompts`` under
+            the ``datasets`` cache (``$HF_DATASETS_CACHE``, ``~/.cache/huggingface/datasets``). Lightning
+            fills it on local rank 0 of each node (``prepare_data``) while the other ranks wait; on
+            several nodes give each node's local disk, or a shared folder (nodes may then both encode a
+            split; the first complete copy is kept). Delete the folder to reclaim its space.
+        streaming: read and encode the training split as it is needed (corpora larger than memory or
+            disk; see ``lit_prompts.data.streaming`` for what that gives up: set trainer.max_steps and
+            an integer trainer.val_check_interval, and label_names).
+        shuffle_buffer: streaming: rows held to shuffle the stream (with the order of its files).
+        group_by_length: training batches of examples of similar length (less padding), drawn from
+            megabatches of a seeded shuffle; deterministic per seed and epoch, resumable.
     """
 
     def __init__(
@@ -116,11 +113,20 @@ class PromptDataModule(LightningDataModule):
         batch_size: PositiveInt = 32,
         eval_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        streaming: bool = False,
+        shuffle_buffer: PositiveInt = 10_000,
+        group_by_length: bool = False,
     ):
         super().__init__()
         check_task_format(task, task_format)  # an unknown task, or a format the task lacks, fails here
-        check_counts(1, max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        check_counts(1, max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                     shuffle_buffer=shuffle_buffer)
         check_counts(0, stride=stride, num_workers=num_workers)
+        if streaming and group_by_length:
+            raise ValueError("group_by_length needs every length in advance, which streaming does not read: "
+                             "set only one of data.init_args.streaming and data.init_args.group_by_length")
         if not backbone:
             raise ValueError("backbone is empty (the CLI links it from model.init_args.backbone)")
         # Kept in checkpoints, not sent to loggers: the model logs the linked values (label names).
@@ -132,7 +138,8 @@ class PromptDataModule(LightningDataModule):
             raise ValueError(f"splits has unknown stages {sorted(unknown)}; use {STAGES}")
         check_encoding(encoding)
         check_data_files(data_files, self.splits)
-        self.datasets: dict[str, ListDataset] = {}
+        self.datasets: dict[str, Dataset] = {}  # stage -> its encoded split (streaming: no "train")
+        self.labels_from_data = False  # whether the label set was read from the training data
 
     # --- what the model needs to know, linked by the CLI at instantiation -----------------------
     @cached_property
@@ -155,8 +162,17 @@ class PromptDataModule(LightningDataModule):
     @cached_property
     def labels(self) -> LabelSet:
         """The label (ner: tag) names and how the data's values find them (by value, or integer ids
-        as indices where the names come from the config or a ClassLabel feature)."""
-        return self.task_data.read_labels(self.hparams.label_names, lambda: self.reader.get(self.splits["train"]), self.columns)
+        as indices where the names come from the config or a ClassLabel feature). Names read from the
+        training data are kept in the cache, next to the encoded training split."""
+        configured, read_labels = self.hparams.label_names, self.task_data.read_labels
+        found = labels_without_data(read_labels, configured, self.columns)
+        if found is not None:
+            return found
+        if self.hparams.get("streaming"):
+            return stream_labels(read_labels, configured, self.columns, self.train_stream)
+        self.labels_from_data = True
+        saved = self.cached_splits.saved_labels() if self.cached_splits is not None else None
+        return saved or read_labels(configured, lambda: self.reader.get(self.splits["train"]), self.columns)
 
     @property
     def label_names(self) -> list[str]:
@@ -200,6 +216,26 @@ class PromptDataModule(LightningDataModule):
         # other formats must not load the tokenizer that early.
         return self.encoder.verbalizer_token_ids() if self.hparams.task_format == "cloze" else None
 
+    # --- the encoded splits ---------------------------------------------------------------------
+    @cached_property
+    def cached_splits(self) -> CachedSplits | None:
+        """The cache the encoded splits are kept in (None: caching is off)."""
+        h = self.hparams
+        return CachedSplits(self, SplitCache(h.get("cache_dir"))) if h.get("cache", True) else None
+
+    @cached_property
+    def train_stream(self) -> RowStream:
+        """streaming: the training split's rows, read lazily."""
+        return open_rows(self.reader, self.splits["train"])
+
+    def encoded(self, stage: str) -> Dataset | None:
+        """A stage's split, encoded: from the cache where caching is on (encoded and stored first if it
+        is not there), else read and encoded in memory; None where the data has no such split."""
+        if self.cached_splits is not None:
+            return self.cached_splits.get(stage)
+        split = self.reader.get(self.splits[stage])
+        return None if split is None else self.encode(split, stage)
+
     def encode(self, split: RawSplit, stage: str) -> ListDataset:
         """A split's rows as this task's features (``stage``: predict rows need no labels). The rows
         are read and checked first: a mistake in the data is reported before the tokenizer loads."""
@@ -211,37 +247,45 @@ class PromptDataModule(LightningDataModule):
         return self.encoder.collator(train)
 
     # --- Lightning hooks ------------------------------------------------------------------------
+    def stages_to_read(self, stage: str | None) -> list[str]:
+        """The stages whose splits ``setup(stage)`` encodes (streaming: the training split is read later)."""
+        names = STAGE_SPLITS[stage] if stage else STAGES
+        return [n for n in names if not (n == "train" and self.hparams.get("streaming"))]
+
+    def prepare_data(self) -> None:
+        """Lightning runs it on one process per node (local rank 0) before ``setup`` runs on every rank:
+        it encodes the coming stage's splits into the cache, for the other ranks to memory-map. Mistakes
+        are raised by ``setup``, on every rank: a rank stopped here leaves the others at Lightning's barrier."""
+        try:
+            self.prepare_stage(trainer_stage(self.trainer))
+        except Exception:  # noqa: BLE001 - setup meets it again, on every rank
+            pass
+
+    def prepare_stage(self, stage: str | None) -> None:
+        """Encode the splits of ``stage`` (None: every stage) into the cache where they are not yet."""
+        for name in self.stages_to_read(stage) if self.cached_splits is not None else []:
+            self.encoded(name)
+
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("predict",)}
-        for name in wanted[stage] if stage else STAGES:
-            if name in self.datasets:
-                continue
-            split = self.reader.get(self.splits[name])
-            if split is None:
-                if stage is not None and name != "validation":  # validation is optional in fit
-                    raise ValueError(f"no data for stage {name!r}: split {self.splits[name]!r} not found")
-                continue
-            self.datasets[name] = self.encode(split, name)
+        for name in [n for n in self.stages_to_read(stage) if n not in self.datasets]:
+            dataset = self.encoded(name)
+            if dataset is not None:
+                self.datasets[name] = dataset
+            elif stage is not None and name != "validation":  # validation is optional in fit
+                raise ValueError(f"no data for stage {name!r}: split {self.splits[name]!r} not found")
 
     def _loader(self, stage: str, train: bool = False) -> DataLoader:
         h = self.hparams
-        dataset = self.datasets[stage]
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        settings = dict(
-            batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
-            collate_fn=self.collator(train),
-            num_workers=h.num_workers,
-            # Without its own generator every iter() draws from the global RNG, so a resumed run
-            # (which adds a sanity-check pass) would see different dropout masks.
-            generator=torch.Generator().manual_seed(seed),
-            persistent_workers=h.num_workers > 0,
-        )
+        settings = LoaderSettings(h.batch_size if train else (h.eval_batch_size or h.batch_size), self.collator(train),
+                                  h.num_workers, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         if not train:
-            return DataLoader(dataset, **settings)
-        # The shuffle depends on (seed, epoch) alone and splits between DDP ranks itself; the loader's
-        # position goes into checkpoints, so that a run resumed in mid-epoch goes on where it was.
-        sampler = EpochShuffleSampler(len(dataset), seed=seed, **training_share(self.trainer))
-        return ResumableLoader(dataset, sampler=sampler, position_source=trainer_position(self), **settings)
+            return evaluation_loader(self.datasets[stage], settings)
+        if h.get("streaming"):
+            encode = RowEncoder(self.task_data, self.encoder, self.columns, self.labels)
+            return streaming_loader(self.train_stream, encode, settings, h.shuffle_buffer, self.trainer,
+                                    batches_taken(self), validates="validation" in self.datasets)
+        return training_loader(self.datasets[stage], settings, self.trainer, trainer_position(self),
+                               group_by_length=h.get("group_by_length", False))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

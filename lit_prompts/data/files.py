@@ -19,19 +19,19 @@ import datasets
 import pandas as pd
 
 from ..backbone import resolve_path
+from .conll import CONLL_SUFFIXES, read_conll
 from .raw import ENCODING_OPTION, INTEGER_TEXT, DataFileError, RawSplit, text_encoding
 from .squad import read_squad_json
 
 # Extension -> (datasets builder, keyword arguments shared by the builder and pandas.read_csv). TSV
 # is read without quote handling because corpora such as SST-2 contain unbalanced quote characters
 # inside sentences.
-_BUILDERS = {
+BUILDERS = {
     ".csv": ("csv", {"sep": ","}),
     ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE}),
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
 }
-CONLL_SUFFIXES = (".conll", ".txt")
 
 
 def first_undecodable(path: str, encoding: str) -> tuple[int, int, bytes] | None:
@@ -52,34 +52,6 @@ def first_undecodable(path: str, encoding: str) -> tuple[int, int, bytes] | None
             fed += len(chunk)
 
 
-def read_conll(paths: list[str], names: list[str], encoding: str = "utf-8") -> datasets.Dataset:
-    """CoNLL column files: one ``TOKEN ... TAG`` line per word, blank lines between sentences,
-    ``-DOCSTART-`` lines between documents. Every line of a file must have the same number of
-    columns. Columns: tokens, ner_tags (the last column), and line (where each sentence starts)."""
-    tokens, tags, lines = [], [], []
-    for path, name in zip(paths, names):
-        width, words, word_tags, start = None, [], [], 0
-        with open(path, encoding=text_encoding(encoding)) as f:
-            for number, line in enumerate([*f, ""], start=1):
-                fields = line.split()
-                if not fields or fields[0] == "-DOCSTART-":
-                    if words:
-                        tokens.append(words), tags.append(word_tags), lines.append(f"{name}, sentence at line {start}")
-                    words, word_tags = [], []
-                    continue
-                if width is None:
-                    width = len(fields)
-                    if width < 2:
-                        raise ValueError(f"{name}, line {number}: one column; CoNLL needs a token and a tag per line")
-                if len(fields) != width:
-                    raise ValueError(f"{name}, line {number}: {len(fields)} columns, the file's other lines have {width}")
-                if not words:
-                    start = number
-                words.append(fields[0])
-                word_tags.append(fields[-1])
-    return datasets.Dataset.from_dict({"tokens": tokens, "ner_tags": tags, "line": lines})
-
-
 def _is_blank(path: str) -> bool:
     """Whether the file holds nothing but white space (and perhaps a UTF-8 byte-order mark)."""
     with open(path, "rb") as f:
@@ -93,7 +65,7 @@ def _is_blank(path: str) -> bool:
     return True
 
 
-def _csv_columns(path: str, original: str, option: str, kwargs: dict, encoding: str) -> list[str]:
+def csv_columns(path: str, original: str, option: str, kwargs: dict, encoding: str) -> list[str]:
     """The header of a CSV / TSV file; a file without a header line or without rows is refused."""
     try:
         head = pd.read_csv(path, nrows=1, dtype=object, keep_default_na=False, encoding=encoding, **kwargs)
@@ -197,7 +169,7 @@ def _explain(error: Exception, suffix: str, resolved: list[str], originals: list
             if problem:
                 return DataFileError(problem)
     if suffix in (".csv", ".tsv"):
-        kwargs = _BUILDERS[suffix][1]
+        kwargs = BUILDERS[suffix][1]
         for path, original in zip(resolved, originals):
             try:
                 pd.read_csv(path, dtype=object, keep_default_na=False, encoding=encoding, **kwargs)
@@ -211,20 +183,27 @@ def _explain(error: Exception, suffix: str, resolved: list[str], originals: list
     return DataFileError(f"{', '.join(originals)}: cannot be read as {kind}: {message}")
 
 
-def read_files(split: str, paths: str | list[str], encoding: str = "utf-8", option: str | None = None) -> RawSplit:
-    """The rows of a split's local files; ``option`` names where the files were given, for errors
-    (default: ``data_files 'SPLIT'``)."""
-    option = option or f"data_files {split!r}"
+def split_files(split: str, paths: str | list[str]) -> tuple[list[str], list[str], str]:
+    """A split's files as given, as found on disk, and the extension they share; a missing file or
+    an extension no reader knows is refused by name."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     resolved = [resolve_path(p) for p in paths]
     for original, path in zip(paths, resolved):
         if not Path(path).is_file():
             raise FileNotFoundError(f"data file for split {split!r} not found: {original}")
     suffixes = {Path(p).suffix.lower() for p in resolved}
-    known = sorted([*_BUILDERS, *CONLL_SUFFIXES])
+    known = sorted([*BUILDERS, *CONLL_SUFFIXES])
     if len(suffixes) != 1 or next(iter(suffixes)) not in known:
         raise ValueError(f"split {split!r}: files {paths} must share one of the extensions {known}")
-    suffix, source = suffixes.pop(), ", ".join(paths)
+    return paths, resolved, suffixes.pop()
+
+
+def read_files(split: str, paths: str | list[str], encoding: str = "utf-8", option: str | None = None) -> RawSplit:
+    """The rows of a split's local files; ``option`` names where the files were given, for errors
+    (default: ``data_files 'SPLIT'``)."""
+    option = option or f"data_files {split!r}"
+    paths, resolved, suffix = split_files(split, paths)
+    source = ", ".join(paths)
     try:
         rows = _read_rows(split, option, suffix, resolved, paths, encoding)
     except DataFileError:
@@ -257,12 +236,12 @@ def _read_rows(split: str, option: str, suffix: str, resolved: list[str], origin
         squad = read_squad_json(resolved, originals, encoding)  # None: not SQuAD's layout; `datasets` reads it
         if squad is not None:
             return squad
-    builder, kwargs = _BUILDERS[suffix]
+    builder, kwargs = BUILDERS[suffix]
     if builder == "json":
         return _load_quietly("json", resolved, split, encoding=encoding)
     columns, first = None, None
     for path, original in zip(resolved, originals):
-        found = _csv_columns(path, original, option, kwargs, encoding)
+        found = csv_columns(path, original, option, kwargs, encoding)
         if columns is None:
             columns, first = found, original
         elif found != columns:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .raw import INTEGER_TEXT
@@ -47,3 +48,20 @@ class LabelSet:
 
     def with_value(self, value) -> list[str]:
         return name_order([*self.names, str(value)])
+
+
+class _ReadsTrainingData(Exception):
+    """Raised where a task's ``read_labels`` asks for the training split."""
+
+
+def labels_without_data(read_labels: Callable, configured: list[str] | None, columns) -> LabelSet | None:
+    """The label set where it needs no data (configured names; QA's span labels), from a task's
+    ``read_labels``; None where it would read the names from the training split."""
+
+    def training_split():
+        raise _ReadsTrainingData
+
+    try:
+        return read_labels(configured, training_split, columns)
+    except _ReadsTrainingData:
+        return None

@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..contexts import build_outside_cli
-from .collate import ListDataset, ResumableLoader, trainer_position
+from .collate import ListDataset, ResumableLoader, trainer_position, trainer_stage
 from .datamodule import PromptDataModule
 from .encoding import check_counts
 from .files import read_files
@@ -60,10 +60,16 @@ class TaskBatches(Dataset):
 
     def __getitem__(self, item: tuple[str, list[int]]) -> dict:
         task, indices = item
-        features = self.modules[task].datasets["train"]
-        batch = self.collators[task]([features[j] for j in indices])
+        batch = self.collators[task](take(self.modules[task].datasets["train"], indices))
         batch["task"] = task
         return batch
+
+
+def take(dataset: Dataset, indices: list[int]) -> list[dict]:
+    """The features at ``indices``, in one read where the dataset can (an Arrow split)."""
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(indices)
+    return [dataset[i] for i in indices]
 
 
 class PlanSampler(DistributedSampler):
@@ -155,6 +161,10 @@ class MultiTaskDataModule(LightningDataModule):
             clashes = {"backbone", "batch_size", "eval_batch_size"} & set(spec)
             if clashes:
                 raise ValueError(f"tasks.{name}: {sorted(clashes)} are set once for all tasks")
+            single_task = sorted(k for k in ("streaming", "group_by_length") if spec.get(k))
+            if single_task:
+                raise ValueError(f"tasks.{name}: {single_task} apply to a single-task data module; the multi-task "
+                                 "plan draws its own batches from every task")
             with options_of(name):
                 self.modules[name] = build_outside_cli(  # plain ints: the command line hands int subclasses
                     PromptDataModule, backbone=backbone, batch_size=int(batch_size),
@@ -173,6 +183,17 @@ class MultiTaskDataModule(LightningDataModule):
                 specs[name] = {"task": m.hparams.task, "task_format": m.hparams.task_format,
                                "label_names": m.label_names, "verbalizer_token_ids": m.verbalizer_token_ids}
         return specs
+
+    def prepare_data(self) -> None:
+        """Each task's splits of the coming stage into the cache, on one process per node (see
+        ``PromptDataModule.prepare_data``: mistakes are raised by ``setup``, on every rank); predict's
+        mixed file is read in ``setup``."""
+        stage = trainer_stage(self.trainer)
+        for module in self.modules.values() if stage != "predict" else []:
+            try:
+                module.prepare_stage(stage)
+            except Exception:  # noqa: BLE001 - setup meets it again, on every rank
+                pass
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -193,7 +214,7 @@ class MultiTaskDataModule(LightningDataModule):
             rows = [i for i, t in enumerate(tasks) if str(t) in unknown][:5]
             raise ValueError(f"{split.source}: rows {rows} name tasks {unknown}; the tasks are {self.task_names}")
         # Ids: the task's id_column, else the file's "id" column, else the row number in the file.
-        file_ids = split.rows["id"] if "id" in split.rows.column_names else [None] * len(tasks)
+        file_ids = split.rows["id"][:] if "id" in split.rows.column_names else [None] * len(tasks)
         features = [None] * len(tasks)
         for name, module in self.modules.items():
             rows = [i for i, t in enumerate(tasks) if t == name]

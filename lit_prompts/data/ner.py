@@ -58,7 +58,7 @@ def resolve_tags(configured: list[str] | None, train: RawSplit | None, tags_colu
     inner = getattr(feature, "feature", None)
     if hasattr(inner, "names"):
         return LabelSet(list(inner.names), True, f"the ClassLabel feature of {train.source}")
-    lines = train.rows["line"] if "line" in train.rows.column_names else None
+    lines = train.rows["line"][:] if "line" in train.rows.column_names else None
     seen = set()
     for row, row_tags in enumerate(train.column(tags_column, "tags_column")):
         where = lines[row] if lines else f"{train.source}: row {row}"
@@ -79,7 +79,7 @@ def read_tagged(split: RawSplit, tokens_column: str, tags_column: str | None, ta
     tokens = split.column(tokens_column, "tokens_column")
     has_tags = tags_column is not None and (required or tags_column in split.rows.column_names)
     row_tags_list = split.column(tags_column, "tags_column") if has_tags else [None] * len(tokens)
-    lines = split.rows["line"] if "line" in split.rows.column_names else None
+    lines = split.rows["line"][:] if "line" in split.rows.column_names else None
     names = tags.names
     index = {n: i for i, n in enumerate(names)}
     # Sequence(ClassLabel) ids stand for the feature's own names (see classification.label_ids).

@@ -42,7 +42,7 @@ def read_questions(split: RawSplit, columns: Columns, labelled: bool) -> list[Qa
     has_answers = columns.answers in split.rows.column_names
     if labelled and not has_answers:
         split.column(columns.answers, "answers_column")  # raises, naming the column
-    answers = split.rows[columns.answers] if has_answers else [None] * len(question)
+    answers = split.rows[columns.answers][:] if has_answers else [None] * len(question)
     examples = []
     for row, (qid, q, c, a) in enumerate(zip(ids, question, context, answers)):
         where = f"{split.source}: record {row} (id {qid!r})"

@@ -30,7 +30,7 @@ class RawSplit:
                 f"{self.source}: missing column {name!r} (the {role}); "
                 f"columns are {self.rows.column_names}. Set data.init_args.{role} to one of them."
             )
-        return self.rows[name]
+        return self.rows[name][:]  # a list in one read (iterating the column formats row by row)
 
 
 def check_encoding(encoding: str) -> str:
