@@ -53,8 +53,13 @@ def test_a_kernel_that_cannot_take_a_prefix_is_named_with_the_ones_that_can(tiny
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(ValueError, match=r"'flex_attention', which cannot take a prefix.*attn_implementation: sdpa"):
         model.training_loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0]), "ids": [0]})
-    # Input prompts need no prefix: the same kernel serves them (without gradients: flex attention has
-    # no backward on CPU).
+
+
+@pytest.mark.integration  # flex attention compiles its kernel first: seconds on a CPU
+def test_input_prompts_run_on_a_kernel_that_takes_no_prefix(tiny_backbone):
+    """Input prompts need no prefix: the kernel deep prompts cannot use serves them (without gradients:
+    flex attention has no backward on CPU)."""
+    ids = torch.tensor([[5, 6, 7]])
     prompt_tuning = PromptTuning(backbone=tiny_backbone("llama"), label_names=["a", "b"], num_virtual_tokens=2,
                                  attn_implementation="flex_attention").eval()
     with torch.no_grad():
