@@ -32,6 +32,7 @@ def trained_state(ckpt_path) -> dict:
     return torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
 
 
+@pytest.mark.integration  # a subprocess
 def test_a_gloo_process_group_is_destroyed_before_exit(tmp_path):
     # Left to interpreter shutdown, a Gloo group sometimes aborts the process after a finished fit.
     # The check is registered before lit_prompts is imported, so it runs after lit_prompts' handler.
