@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .safe_reading import read_checkpoint
+from .sharding import is_sharded
 
 
 def preempted(exception: BaseException) -> bool:
@@ -173,8 +174,9 @@ class ExportPrompt(Callback):
             return
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if ckpt is not None else ""
-        # The best checkpoint's tensors, else the live ones (gathered from FSDP shards: every rank asks).
-        state = None if best else pl_module.trainable_state_dict()
+        # The best checkpoint's tensors, else the live ones: sharded ones are gathered now, while every
+        # rank is here (a collective).
+        state = pl_module.trainable_state_dict() if not best and is_sharded(pl_module) else None
         if not trainer.is_global_zero:
             return
         summary = []

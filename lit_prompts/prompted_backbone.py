@@ -44,6 +44,11 @@ class PromptedBackbone(nn.Module):
         """The backbone in the form ``task_format`` reads (see ``load_backbone``), frozen."""
         return cls(load_backbone(name, task_format, dtype, attn_implementation, on_meta, quantization), name)
 
+    @property
+    def holds_weights(self) -> bool:
+        """False in a process that built the model on the meta device (sharding: rank 0 sends the weights)."""
+        return not self.model.get_input_embeddings().weight.is_meta
+
     @cached_property
     def tokenizer(self):
         return AutoTokenizer.from_pretrained(resolve_path(self.name))
@@ -57,10 +62,9 @@ class PromptedBackbone(nn.Module):
     def vocab_embeddings(self, shape: tuple[int, ...]) -> Tensor:
         """Input embeddings (fp32) of random vocabulary tokens, ``[*shape, H]``: prompt vectors of the
         scale the backbone's inputs have. The first ids (padding, special tokens) are skipped."""
-        table = self.model.get_input_embeddings().weight.detach()
-        if table.is_meta:  # no weights in this process: its prompt values will come from rank 0 (sharding)
-            return torch.zeros(*shape, table.shape[1])
-        table = table.float()
+        if not self.holds_weights:  # its prompt values will come from rank 0 (sharding)
+            return torch.zeros(*shape, self.facts.hidden_size)
+        table = self.model.get_input_embeddings().weight.detach().float()
         low = min(1000, table.shape[0] // 2)
         return table[torch.randint(low, table.shape[0], shape)].clone()
 
@@ -89,7 +93,7 @@ class PromptedBackbone(nn.Module):
     def context(self, inputs: dict, task: str | None = None) -> PromptContext:
         """The prompt's view of a batch (``input_ids``, ``attention_mask``)."""
         mask = inputs["attention_mask"]
-        if self.model.get_input_embeddings().weight.is_meta:  # no weights here yet (sharding): shapes only
+        if not self.holds_weights:  # shapes only, until sharding brings the weights
             embeds = torch.zeros(*mask.shape, self.facts.hidden_size, device=mask.device)
             return PromptContext(embeds, mask, task, frozen_hidden=lambda: embeds)
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])

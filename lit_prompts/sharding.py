@@ -153,11 +153,11 @@ def shard_method(method: nn.Module, backbone, mesh) -> None:
 
     backbone_model = backbone.model
     untie_frozen_weights(backbone_model)
-    on_meta = any(p.is_meta for p in method.parameters())
+    on_meta = not backbone.holds_weights
     if dist.get_rank() == 0:
-        whole = {name: t for name, t in method.state_dict().items()}  # references, not copies
-        if any(t.is_meta for t in whole.values()):
+        if not backbone.holds_weights:
             raise RuntimeError("global rank 0 holds no backbone weights to send to the other processes")
+        whole = method.state_dict()  # references, not copies
     else:
         whole = {}
     blocks = set(getattr(backbone_model, "_no_split_modules", None) or ())

@@ -124,10 +124,10 @@ class PromptCheckpointing:
     def exported(self, state: dict[str, torch.Tensor] | None = None) -> tuple[str, dict, dict[str, torch.Tensor]]:
         """(class path, settings) of the folded prompt module, and ``export_tensors``."""
         sharded = is_sharded(self)
+        if state is None and not sharded:
+            return self._exported_with(self.prompt, self.trainable_state_dict())
         if state is None:
-            state = self.trainable_state_dict()
-            if not sharded:
-                return self._exported_with(self.prompt, state)
+            state = self.trainable_state_dict()  # gathered from the shards
         values = {k[len("prompt."):]: v for k, v in state.items() if k.startswith("prompt.")}
         if sharded:  # an unsharded copy of the prompt module holding these values
             prompt = type(self.prompt)(**self.prompt.settings)

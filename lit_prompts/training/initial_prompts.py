@@ -16,9 +16,9 @@ def initial_prompt(backbone: PromptedBackbone, length: int, init: str, init_text
     """[P, H] for prompt tuning's ``init`` choices (see ``PromptTuning``)."""
     if init == "text" and not init_text:
         raise ValueError("init='text' needs init_text")
+    if not backbone.holds_weights:  # its prompt values will come from rank 0 (sharding)
+        return torch.zeros(length, backbone.facts.hidden_size)
     table = backbone.model.get_input_embeddings().weight.detach().float()
-    if table.is_meta:  # no weights in this process: its prompt values will come from rank 0 (sharding)
-        return torch.zeros(length, table.shape[1])
     if init == "random":
         return torch.randn(length, table.shape[1]) * table.std()
     if init == "vocab":
