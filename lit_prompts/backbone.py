@@ -292,7 +292,10 @@ def weights_sample(model: PreTrainedModel, count: int = 32) -> list[float]:
 
 def samples_agree(a: list[float] | None, b: list[float] | None) -> bool:
     """Two ``weights_sample`` lists equal to within half-precision rounding (bfloat16: 2^-8 relative)."""
-    if not a or not b or len(a) != len(b):
+    # ``a`` may come from a shared prompt.json: anything but two equally long lists of numbers disagrees.
+    if not isinstance(a, list) or not isinstance(b, list) or not a or len(a) != len(b):
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a + b):
         return False
     return all(abs(x - y) <= 1e-2 * max(abs(x), abs(y)) + 1e-6 for x, y in zip(a, b))
 

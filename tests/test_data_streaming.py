@@ -202,3 +202,12 @@ def test_a_streamed_fit_resumed_in_mid_pass_ends_as_the_uninterrupted_one(shards
     resumed = fit(tmp_path / "parts", 9, f"--ckpt_path={last}")
     assert resumed.trainer.global_step == 9
     assert torch.equal(resumed.model.state_dict()["prompt.prompt"], whole.model.state_dict()["prompt.prompt"])
+
+
+def test_a_length_grouped_fit_through_the_cli(tiny_backbone, reviews, tmp_path):
+    cli = run_cli("fit", "--model=PromptTuning", f"--model.backbone={tiny_backbone('bert')}", "--model.num_virtual_tokens=2",
+                  "--data.data_files=" + json.dumps({"train": reviews["train"], "validation": reviews["validation"]}),
+                  "--data.group_by_length=true", "--data.batch_size=4", "--trainer.max_epochs=1", root=tmp_path)
+    assert cli.trainer.global_step == 8  # 32 rows in batches of 4: every row once
+    assert type(cli.trainer.train_dataloader.sampler).__name__ == "LengthGroupedSampler"
+    assert (Path(cli.trainer.log_dir) / "prompt" / "prompt.safetensors").is_file()

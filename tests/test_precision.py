@@ -66,3 +66,14 @@ def test_input_prompts_run_on_a_kernel_that_takes_no_prefix(tiny_backbone):
         scores = prompt_tuning.formats["classification"].scores(
             prompt_tuning.prompted("classification"), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     assert scores.shape == (1, 2) and torch.isfinite(scores).all()
+
+
+def test_a_malformed_weights_sample_is_a_disagreement_not_a_crash(tiny_backbone):
+    from lit_prompts.backbone import samples_agree
+
+    assert not samples_agree(["x"], [1.0]) and not samples_agree({"a": 1}, [1.0]) and not samples_agree([True], [1.0])
+    assert samples_agree([1.0, -2.0], [1.001, -2.0])
+    model = PromptTuning(backbone=tiny_backbone("llama"), label_names=["a", "b"])
+    saved = {**model.fingerprint, "weights_digest": "0" * 16, "dtype": "float16", "weights_sample": ["x", None]}
+    with pytest.raises(ValueError, match="has other weights"):
+        model.check_backbone(saved, source="prompt folder")
