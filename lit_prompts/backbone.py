@@ -300,12 +300,31 @@ def samples_agree(a: list[float] | None, b: list[float] | None) -> bool:
     return all(abs(x - y) <= 1e-2 * max(abs(x), abs(y)) + 1e-6 for x, y in zip(a, b))
 
 
+def hub_commit(name: str) -> str | None:
+    """The commit of the Hub snapshot a backbone named by repo id was loaded from (its cached config's
+    ``snapshots/<commit>`` folder); None for local folders and packages."""
+    if looks_like_path(name) or name.startswith("pkg://") or Path(name).exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = name.partition("@")
+    try:
+        found = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    except ValueError:  # not a valid repo id
+        return None
+    if not isinstance(found, str):
+        return None
+    parent = Path(found).parent
+    return parent.name if parent.parent.name == "snapshots" else None
+
+
 def backbone_fingerprint(name: str, model: PreTrainedModel) -> dict:
     """What must match for a trained prompt to be meaningful on a backbone."""
     facts = ArchitectureFacts.from_config(model.config)
     on_meta = model.get_input_embeddings().weight.is_meta
     return {
         "name": name,
+        "commit": hub_commit(name),
         "model_type": facts.model_type,
         "hidden_size": facts.hidden_size,
         "num_layers": facts.num_layers,

@@ -6,7 +6,9 @@ import csv
 import json
 import math
 import os
+import shlex
 import signal
+import sys
 from pathlib import Path
 from weakref import proxy
 
@@ -179,13 +181,15 @@ class ExportPrompt(Callback):
         state = pl_module.trainable_state_dict() if not best and is_sharded(pl_module) else None
         if not trainer.is_global_zero:
             return
-        summary = []
+        summary, training = [], {"command": shlex.join(["python", "-m", "lit_prompts", *sys.argv[1:]])}
         if best:
             state = read_checkpoint(best)["state_dict"]
             if ckpt.best_model_score is not None:
                 summary.append(f"best {ckpt.monitor} = {float(ckpt.best_model_score):.4f}")
+                training.update(metric=ckpt.monitor, value=float(ckpt.best_model_score))
             summary.append(f"checkpoint: {best}")
-        path = pl_module.export_prompt(folder, state)
+            training["checkpoint"] = Path(best).name
+        path = pl_module.export_prompt(folder, state, training=training)
         summary.append(f"prompt saved to {path} ({path.stat().st_size:,} bytes)")
         rank_zero_info("\n".join(summary))
 

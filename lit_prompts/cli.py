@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .callbacks import BestCheckpoint, ContinuedCSVLogger, ExportPrompt, LatestCheckpoint, PredictionWriter
 from .cli_errors import INPUT_ERRORS, ShortErrorParser, check_config_files, debug_active, debug_flag, report
+from .commands import COMMANDS, run_command
 from .data import PromptDataModule
 from .loading import import_class, method_class
 from .safe_reading import read_checkpoint
@@ -194,13 +195,15 @@ def check_command_agrees(checkpoint: dict, model, path: str) -> None:
         )
 
 
-def main(args: list[str] | None = None) -> LitPromptsCLI:
+def main(args: list[str] | None = None) -> LitPromptsCLI | None:
     # Tokenizers' own thread pool fights with DataLoader workers and DDP processes.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with debug_flag(sys.argv[1:] if args is None else list(args)) as rest:
         if args is None:  # LightningCLI reads sys.argv itself (and warns when handed a copy of it)
             sys.argv[1:] = rest
         try:
+            if rest and rest[0] in COMMANDS:
+                return run_command(rest[0], rest[1:])
             check_config_files(rest)
             return LitPromptsCLI(args=None if args is None else rest)
         except INPUT_ERRORS as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import training
 from .contexts import build_outside_cli  # noqa: F401 - re-exported: it lives in contexts now
+from .hub import prompt_folder
 from .methods import PROMPT_CLASSES, Prompt
 from .safe_reading import read_checkpoint, read_prompt_folder
 from .training import PromptMethod
@@ -102,18 +103,21 @@ def load(
     map_location: str = "cpu",
     trust_code: bool = False,
     allow_other_weights: bool = False,
+    revision: str | None = None,
     **overrides,
 ):
     """Load a ``.ckpt`` written during training, or a folder holding ``prompt.safetensors`` and
-    ``prompt.json``; the backbone is reloaded from the name stored with it (``overrides`` can
-    point it elsewhere, e.g. ``backbone="/models/my-copy"``).
+    ``prompt.json``, or a Hub repo id (``org/name``, ``org/name@revision``) holding one; the backbone
+    is reloaded from the name stored with it (``overrides`` can point it elsewhere, e.g.
+    ``backbone="/models/my-copy"``).
 
     Args:
+        revision: a Hub repo's branch, tag or commit (default: its main branch).
         trust_code: allow a class that is not a known prompt method (see the module docstring).
         allow_other_weights: use the prompt on a backbone whose weights differ from those it was
             trained on (same architecture): refused by default.
     """
-    path = Path(path)
+    path = prompt_folder(path, revision)
     if path.is_dir():
         settings, tensors = read_prompt_folder(path)
         source = f"prompt folder {path}"

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from safetensors.torch import save_file
 
 from ..backbone import samples_agree
@@ -26,6 +27,14 @@ FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_layers", "vocab_size")
 FORMAT_VERSION = 2
 # Set to 1 to use a prompt on other weights of the same architecture (the digests differ) on purpose.
 ALLOW_OTHER_WEIGHTS = "LIT_PROMPTS_ALLOW_OTHER_BACKBONE"
+
+
+def describe_backbone(fingerprint: dict) -> str:
+    """``'name' (commit abc123, weights digest 0123...)`` from a backbone fingerprint."""
+    details = [f"commit {fingerprint['commit']}" if fingerprint.get("commit") else "",
+               f"weights digest {fingerprint['weights_digest']}" if fingerprint.get("weights_digest") else ""]
+    detail = ", ".join(d for d in details if d)
+    return f"{fingerprint.get('name')!r}" + (f" ({detail})" if detail else "")
 
 
 class PromptCheckpointing:
@@ -106,10 +115,16 @@ class PromptCheckpointing:
         loaded_alike = (saved.get("dtype"), saved.get("quantized")) == (self.fingerprint.get("dtype"), self.fingerprint.get("quantized"))
         if not loaded_alike and samples_agree(saved.get("weights_sample"), self.fingerprint.get("weights_sample")):
             saved_digest = digest  # the same weights in another dtype or quantization: their digests differ
-        if saved_digest and digest and saved_digest != digest and not allow_other_weights:
+        if saved_digest and digest and saved_digest != digest and allow_other_weights:
+            rank_zero_warn(
+                f"this {source} was trained on backbone {describe_backbone(saved)}, but runs on "
+                f"{describe_backbone(self.fingerprint)}: other weights of the same architecture (allowed by "
+                f"allow_other_weights or {ALLOW_OTHER_WEIGHTS}=1); its outputs may be far from those it was trained for"
+            )
+        elif saved_digest and digest and saved_digest != digest:
             raise ValueError(
-                f"this {source} was trained on backbone {saved.get('name')!r} (weights digest {saved_digest}), but "
-                f"{self.fingerprint['name']!r} has other weights (digest {digest}) of the same architecture, e.g. "
+                f"this {source} was trained on backbone {describe_backbone(saved)}, but "
+                f"{describe_backbone(self.fingerprint)} has other weights of the same architecture, e.g. "
                 "base vs instruct: a prompt does not carry over. To use it anyway, pass allow_other_weights=True "
                 f"to lit_prompts.load, or set {ALLOW_OTHER_WEIGHTS}=1"
             )
@@ -151,9 +166,11 @@ class PromptCheckpointing:
         """The settings that rebuild this method (its prompt module is then the exported one)."""
         return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
 
-    def export_prompt(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    def export_prompt(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None,
+                      training: dict | None = None) -> Path:
         """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder;
-        ``state`` as in ``export_tensors``."""
+        ``state`` as in ``export_tensors``; ``training``: how the prompt was measured (metric, value,
+        command), kept in prompt.json for model cards."""
         folder = Path(folder)
         prompt_class, prompt_settings, tensors = self.exported(state)
         tensors = {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}
@@ -172,5 +189,7 @@ class PromptCheckpointing:
             "tensors": {k: list(v.shape) for k, v in tensors.items()},
             "tensors_sha256": tensors_sha256(tensors),  # checked on load: a damaged or altered file is refused
         }
+        if training:
+            settings["training"] = training
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         return folder / PROMPT_FILE

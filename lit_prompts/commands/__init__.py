@@ -1,0 +1,22 @@
+"""Commands beside Lightning's ``fit / validate / test / predict``, each a module with ``main(args)``:
+
+    python -m lit_prompts export  <checkpoint or prompt> --output DIR [--format peft] [--push org/name]
+    python -m lit_prompts inspect <prompt or checkpoint> [more prompts...] [--json]
+    python -m lit_prompts plot    <run dir> [--output curves.png]
+
+They raise the same input errors as the training commands (reported in one line by ``cli.main``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+COMMANDS = {
+    "export": "lit_prompts.commands.export",
+    "inspect": "lit_prompts.commands.inspect",
+    "plot": "lit_prompts.commands.plot",
+}
+
+
+def run_command(name: str, args: list[str]) -> None:
+    importlib.import_module(COMMANDS[name]).main(args)
