@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Literal
 from weakref import proxy
 
 import torch
@@ -153,10 +154,13 @@ class ExportPrompt(Callback):
 
     Args:
         folder: where to write ``prompt.safetensors`` and ``prompt.json``; default ``<log_dir>/prompt``.
+        format: ``lit_prompts`` (those two files), or ``peft``: also a PEFT adapter
+            (``adapter_config.json`` + ``adapter_model.safetensors``) in the same folder.
     """
 
-    def __init__(self, folder: str | None = None):
+    def __init__(self, folder: str | None = None, format: Literal["lit_prompts", "peft"] = "lit_prompts"):
         self.folder = folder
+        self.format = format
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.export(trainer, pl_module)
@@ -189,7 +193,8 @@ class ExportPrompt(Callback):
                 training.update(metric=ckpt.monitor, value=float(ckpt.best_model_score))
             summary.append(f"checkpoint: {best}")
             training["checkpoint"] = Path(best).name
-        path = pl_module.export_prompt(folder, state, training=training)
+        export = pl_module.export_peft if self.format == "peft" else pl_module.export_prompt
+        path = export(folder, state, training=training)
         summary.append(f"prompt saved to {path} ({path.stat().st_size:,} bytes)")
         rank_zero_info("\n".join(summary))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from . import training
 from .contexts import build_outside_cli  # noqa: F401 - re-exported: it lives in contexts now
 from .hub import prompt_folder
 from .methods import PROMPT_CLASSES, Prompt
-from .safe_reading import read_checkpoint, read_prompt_folder
+from .peft_format import ADAPTER_CONFIG, method_settings, prompt_tensors, read_adapter
+from .safe_reading import SETTINGS_FILE, read_checkpoint, read_prompt_folder
 from .training import PromptMethod
 from .training.checkpointing import FORMAT_VERSION
 from .training.legacy import upgrade_state_names
@@ -118,6 +120,8 @@ def load(
             trained on (same architecture): refused by default.
     """
     path = prompt_folder(path, revision)
+    if path.is_dir() and not (path / SETTINGS_FILE).exists() and (path / ADAPTER_CONFIG).exists():
+        return load_peft_adapter(path, **overrides).to(map_location).eval()
     if path.is_dir():
         settings, tensors = read_prompt_folder(path)
         source = f"prompt folder {path}"
@@ -141,12 +145,34 @@ def load(
         hyper = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         method = cls(**{**_settings(hyper, source, trust_code), **overrides})
         method.check_backbone(meta.get("backbone", {}), source=source, allow_other_weights=allow_other_weights)
+        method.initial_prompt = meta.get("initial_prompt")  # the prompt as fit started (drift, lit_prompts.inspection)
         tensors, wanted = checkpoint["state_dict"], method.trainable_state_dict()
         if meta.get("format_version", 1) < FORMAT_VERSION:
             tensors = upgrade_state_names(tensors, set(wanted), list(method.formats))
     _check_tensors(tensors, wanted, source)
     method.load_state_dict(tensors, strict=False)
     return method.to(map_location).eval()
+
+
+def load_peft_adapter(folder: Path, **overrides) -> PromptMethod:
+    """A method holding a PEFT prompt adapter: ``PromptTuning`` (PROMPT_TUNING), ``PTuning`` with
+    ``encoder: none`` (P_TUNING: PEFT saved the encoder's output) or ``PrefixTuning`` with
+    ``prefix_positions: first`` (PREFIX_TUNING), on the adapter's base model unless ``backbone`` is
+    given. A causal or seq2seq LM adapter reads text-to-text; others take ``task_format`` (and label
+    names) from ``overrides``, their head starting anew."""
+    source = f"PEFT adapter {folder}"
+    config, weights = read_adapter(folder)
+    name, settings = method_settings(config, source)
+    settings = {**settings, **overrides}
+    if "backbone" not in settings:
+        raise ValueError(f"{source} names no base model (base_model_name_or_path): pass backbone=")
+    method = builtin_methods()[name](**settings)
+    tensors = prompt_tensors(config, weights, method, source)
+    method.prompt.load_folded({k.removeprefix("prompt."): v for k, v in tensors.items()}, source)
+    if any(f.reads == "hidden" for f in method.formats.values()):
+        warnings.warn(f"{source} holds a prompt only: the {method.hparams.task_format} head of this method is "
+                      "untrained (train it, e.g. with --model.init_from)", stacklevel=3)
+    return method
 
 
 def _check_tensors(found: dict, wanted: dict, source: str) -> None:

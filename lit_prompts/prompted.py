@@ -10,8 +10,12 @@ from .prompted_backbone import PromptedBackbone
 
 
 class Prompted:
-    def __init__(self, backbone: PromptedBackbone, prompt: nn.Module, task: str | None = None):
+    """``prefix_positions``: how real tokens are numbered beside a layer prefix (see ``PromptMethod``)."""
+
+    def __init__(self, backbone: PromptedBackbone, prompt: nn.Module, task: str | None = None,
+                 prefix_positions: str = "none"):
         self.backbone, self.prompt, self.task = backbone, prompt, task
+        self.prefix_positions = prefix_positions
         self.aux_losses: list[Tensor] = []
 
     def prompt_for(self, inputs: dict) -> tuple[PromptOutput, Tensor]:
@@ -30,7 +34,7 @@ class Prompted:
         """The backbone's keyword arguments with the prompt in place, and the prepended length. The
         readers below run the backbone only after this has returned: the text's own embeddings, which
         the prompted ones replace, are then freed before the forward pass instead of living through it."""
-        return self.backbone.prompted_inputs(inputs, *self.prompt_for(inputs))
+        return self.backbone.prompted_inputs(inputs, *self.prompt_for(inputs), prefix_positions=self.prefix_positions)
 
     def hidden_states(self, batch: dict) -> Tensor:
         return self.backbone.hidden_states_of(self.prompted_inputs(batch))
@@ -43,7 +47,8 @@ class Prompted:
 
     def generate_text(self, source: dict, max_new_tokens: int, num_beams: int) -> list[str]:
         output, embeds = self.prompt_for(source)
-        ids = self.backbone.generate(source, output, embeds, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        ids = self.backbone.generate(source, output, embeds, self.prefix_positions, max_new_tokens=max_new_tokens,
+                                     num_beams=num_beams)
         return self.backbone.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
@@ -51,7 +56,7 @@ class WithHiddenStates(Prompted):
     """``Prompted`` whose hidden states of one batch were computed already (a shared forward pass)."""
 
     def __init__(self, base: Prompted, batch: dict, hidden: Tensor):
-        super().__init__(base.backbone, base.prompt, base.task)
+        super().__init__(base.backbone, base.prompt, base.task, base.prefix_positions)
         self.batch, self.hidden = batch, hidden
 
     def hidden_states(self, batch: dict) -> Tensor:

@@ -21,6 +21,10 @@ from .methods.base import PromptContext, PromptOutput
 from .pooling import sequence_logprobs
 from .prefix_injection import PrefixInjector, find_self_attention
 
+# Encoders whose real tokens ``prefix_positions: first`` can number after a prefix (``positions_after``).
+PREFIX_POSITION_ENCODERS = {"bert": "from_zero", "electra": "from_zero", "roberta": "after_padding",
+                            "xlm-roberta": "after_padding", "camembert": "after_padding"}
+
 
 class PromptsDoNotJoin(ValueError):
     """Prompt outputs that cannot share one forward pass (other lengths, other placements)."""
@@ -118,9 +122,31 @@ class PromptedBackbone(nn.Module):
         if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
             self._injector().set(layers)
 
-    def prompted_inputs(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None) -> tuple[dict, int]:
+    def check_prefix_positions(self) -> None:
+        """``prefix_positions: first`` has a meaning here: real tokens carry absolute or rotary positions
+        the model takes as ``position_ids`` (decoders, BERT- and RoBERTa-style encoders)."""
+        if not (self.facts.is_decoder_only or self.facts.model_type in PREFIX_POSITION_ENCODERS):
+            raise ValueError(
+                f"prefix_positions='first' numbers real tokens after the prefix, as PEFT's prefix tuning does; "
+                f"{self.facts.model_type} has no such numbering here (PEFT cannot prefix-tune it either): use "
+                "prefix_positions: none"
+            )
+
+    def positions_after(self, mask: Tensor, shift: int) -> Tensor:
+        """Position ids of the real tokens as if ``shift`` positions came before them, the numbering a
+        key/value cache of ``shift`` entries (PEFT's prefix) gives: decoders count over real tokens,
+        RoBERTa-style encoders start after their padding index, BERT-style ones at 0."""
+        if self.facts.is_decoder_only:
+            return (mask.cumsum(-1) - 1).clamp(min=0) + shift
+        if PREFIX_POSITION_ENCODERS[self.facts.model_type] == "after_padding":
+            return (mask.cumsum(-1) + shift) * mask + self.model.config.pad_token_id
+        return torch.arange(mask.shape[1], device=mask.device).expand_as(mask) + shift
+
+    def prompted_inputs(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None,
+                        prefix_positions: str = "none") -> tuple[dict, int]:
         """Keyword arguments for the model with the prompt in place, and how many positions a
-        prepended prompt added in front of the text."""
+        prepended prompt added in front of the text. ``prefix_positions``: ``none``, layer prefixes
+        take no positions; ``first``, they take the first ones (see ``PromptMethod``)."""
         self.install_layers(prompt)
         if embeds is None:
             embeds = self.model.get_input_embeddings()(inputs["input_ids"])
@@ -147,6 +173,9 @@ class PromptedBackbone(nn.Module):
             # Decoders are left-padded: count positions over real tokens only, as generation does.
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs["use_cache"] = False  # a single pass: a cache would only hold tensors longer
+        prefix = prompt.layer_prefix_length
+        if prefix_positions == "first" and prefix:
+            kwargs["position_ids"] = self.positions_after(mask, prefix)
         return kwargs, shift
 
     # --- what task formats read -----------------------------------------------------------------------
@@ -188,11 +217,13 @@ class PromptedBackbone(nn.Module):
         return sequence_logprobs(logits.float(), targets, reduction)
 
     @torch.no_grad()
-    def generate(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None, **settings) -> Tensor:
+    def generate(self, inputs: dict, prompt: PromptOutput, embeds: Tensor | None = None, prefix_positions: str = "none",
+                 **settings) -> Tensor:
         """Token ids generated with the prompt in place: only the new tokens for decoders, the decoder
         output (from its start token) for T5. Greedy unless ``settings`` say otherwise."""
-        kwargs, _ = self.prompted_inputs(inputs, prompt, embeds)
-        kwargs.pop("position_ids", None)  # generate derives them from the mask exactly as prompted_inputs does
+        kwargs, _ = self.prompted_inputs(inputs, prompt, embeds, prefix_positions)
+        if prefix_positions != "first" or not prompt.layer_prefix_length:
+            kwargs.pop("position_ids", None)  # generate derives them from the mask exactly as prompted_inputs does
         kwargs.pop("use_cache", None)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return self.model.generate(**kwargs, **{"do_sample": False, "pad_token_id": pad, **settings})

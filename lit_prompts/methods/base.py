@@ -65,6 +65,13 @@ class PromptOutput:
         """Positions a prepended prompt adds in front of the input."""
         return 0 if self.prepend is None else self.prepend.shape[-2]
 
+    @property
+    def layer_prefix_length(self) -> int:
+        """Positions of the key/value prefix the prompt puts in every layer (0: none)."""
+        if self.layer_hidden is not None:
+            return self.layer_hidden.shape[-2]
+        return 0 if not self.layer_kv else self.layer_kv[0][0].shape[-2]
+
     def prepend_rows(self, batch: int) -> Tensor:
         """``prepend`` as [B, P, H] (a prompt shared by every row is expanded, not copied)."""
         return self.prepend if self.prepend.dim() == 3 else expand_rows(self.prepend, batch)
@@ -87,6 +94,19 @@ class Prompt(nn.Module):
     def folded(self) -> Prompt:
         """The module inference needs: a training-only reparameterisation folded into plain tensors."""
         return self
+
+    def load_folded(self, tensors: dict[str, Tensor], source: str = "the values given") -> None:
+        """Take the values of a folded (exported) prompt of this kind and shape, e.g. to train on from
+        them; a prompt trained through a reparameterisation has no such values to set."""
+        if self.folded() is not self:
+            raise ValueError(f"{type(self).__name__} trains through a reparameterisation, which folded values from "
+                             f"{source} cannot set: train a plain prompt (reparameterize: false)")
+        own = {k: list(v.shape) for k, v in self.state_dict().items()}
+        given = {k: list(v.shape) for k, v in tensors.items()}
+        if own != given:
+            raise ValueError(f"{source} holds prompt tensors {given}; this {type(self).__name__} needs {own} (another "
+                             "method, length or backbone)")
+        self.load_state_dict(tensors)
 
     def export(self) -> tuple[str, dict, dict[str, Tensor]]:
         """(class path, settings, tensors) of the folded prompt: what ``load_prompt`` rebuilds."""

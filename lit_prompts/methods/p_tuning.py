@@ -56,6 +56,13 @@ class EncodedPrompt(Prompt):
         vectors = self.vectors()
         return PromptOutput(prepend=expand_rows(vectors, context.batch_size), slots=vectors)
 
+    def load_folded(self, tensors: dict[str, Tensor], source: str = "the values given") -> None:
+        if self.encoder is not None:
+            raise ValueError(f"a P-tuning prompt encoder cannot be set from the folded vectors of {source}: use "
+                             "encoder: none to train on from them")
+        self.folded().load_folded(tensors, source)  # checks names and shapes
+        self.prompt_embedding.data.copy_(tensors["prompt"])
+
     def folded(self) -> SoftPrompt:
         length, hidden = self.prompt_embedding.shape
         return SoftPrompt(length, hidden, fills_template=True, init=self.vectors().detach())

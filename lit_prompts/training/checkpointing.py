@@ -42,6 +42,10 @@ class PromptCheckpointing:
 
     # Lightning: the checkpoint deliberately lacks backbone keys, so do not load strictly.
     strict_loading = False
+    # The folded prompt's tensors (``prompt.`` names, CPU fp32) when fit started, kept in checkpoints so that
+    # a resumed run, and ``lit_prompts.inspection``, measure drift from the first initialisation.
+    initial_prompt: dict[str, torch.Tensor] | None = None
+    _initial_prompt_restored = False
 
     def trainable_names(self) -> set[str]:
         return {n for n, p in self.named_parameters() if p.requires_grad}
@@ -72,6 +76,8 @@ class PromptCheckpointing:
             },
             "skipped_steps": getattr(self, "skipped_steps", 0),  # nonfinite=skip: the count goes on after a resume
         }
+        if self.initial_prompt is not None:
+            checkpoint["lit_prompts"]["initial_prompt"] = self.initial_prompt
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lit_prompts", {})
@@ -84,12 +90,24 @@ class PromptCheckpointing:
             for name, tensor in self.state_dict().items():
                 checkpoint["state_dict"].setdefault(name, tensor)
         self.skipped_steps = meta.get("skipped_steps", 0)
+        self.initial_prompt, self._initial_prompt_restored = meta.get("initial_prompt"), True
         rng = meta.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def record_initial_prompt(self) -> None:
+        """Keep the folded prompt's values as fit starts, unless they come from a checkpoint (a resumed run
+        keeps the first run's; restored before or after this call, depending on the strategy). Under FSDP
+        ``exported`` gathers: every rank calls this."""
+        resuming = getattr(getattr(self, "_trainer", None), "ckpt_path", None) is not None
+        known = self.initial_prompt is not None or self._initial_prompt_restored  # (a second fit goes on from it)
+        if resuming or known or not any(True for _ in self.prompt.parameters()):
+            return
+        tensors = self.exported()[2]
+        self.initial_prompt = {k: v.detach().float().cpu().clone() for k, v in tensors.items() if k.startswith("prompt.")}
 
     def check_tensors(self, checkpoint: dict) -> None:
         """The checkpoint holds every trainable tensor of this method (0.1 names upgraded in place)."""
@@ -166,8 +184,27 @@ class PromptCheckpointing:
         """The settings that rebuild this method (its prompt module is then the exported one)."""
         return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
 
+    def export_peft(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None,
+                    training: dict | None = None) -> Path:
+        """Write the prompt as a PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``:
+        ``PeftModel.from_pretrained`` reads it) beside lit_prompts' own files (which keep the heads and
+        label set); prompt.json's ``peft`` entry says which position convention the prompt used and
+        whether PEFT's outputs equal lit_prompts' (a warning says so when they do not)."""
+        from ..peft_format import to_peft, write_adapter
+
+        config, tensors, differences, facts = to_peft(self, state)
+        folder = Path(folder)
+        peft = {"peft_type": config["peft_type"], **facts, "outputs_match": not differences, "differences": differences}
+        path = self.export_prompt(folder, state, training, extra={"peft": peft})
+        metadata = {"lit_prompts_prefix_positions": facts["prefix_positions"],
+                    "lit_prompts_outputs_match": str(not differences).lower()}
+        write_adapter(folder, config, tensors, metadata)
+        for difference in differences:
+            rank_zero_warn(f"PEFT export {folder}: {difference}")
+        return path.parent / "adapter_model.safetensors"
+
     def export_prompt(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None,
-                      training: dict | None = None) -> Path:
+                      training: dict | None = None, extra: dict | None = None) -> Path:
         """Write ``prompt.safetensors`` and ``prompt.json`` (class, settings, backbone) into folder;
         ``state`` as in ``export_tensors``; ``training``: how the prompt was measured (metric, value,
         command), kept in prompt.json for model cards."""
@@ -191,5 +228,6 @@ class PromptCheckpointing:
         }
         if training:
             settings["training"] = training
+        settings.update(extra or {})
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         return folder / PROMPT_FILE

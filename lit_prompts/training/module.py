@@ -31,6 +31,7 @@ from .arguments import check_choices
 from .checkpointing import PromptCheckpointing
 from .divergence import DivergenceGuard
 from .evaluation import EvaluationHooks
+from .init_from import start_from
 from .legacy import refuse_old_hooks
 
 
@@ -48,6 +49,15 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         quantization: load the frozen linear layers in ``4bit`` (NF4) or ``8bit`` through bitsandbytes
             (CUDA GPUs; extra ``quantization``); prompts and heads stay float32.
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``...; default: transformers' choice.
+        prefix_positions: how real tokens are numbered beside a layer prefix (prefix tuning, P-tuning
+            v2): ``none``, the prefix takes no positions and the text keeps 0..T-1, as without a prompt;
+            ``first``, the prefix takes the first P and the text P..P+T-1, as PEFT's prefix tuning (a
+            key/value cache) does: exports to PEFT's format are then exact. Decoders, BERT- and
+            RoBERTa-style encoders.
+        init_from: start the prompt (and, from a lit_prompts export of the same task, its heads) from
+            a trained one: an exported folder, a PEFT adapter folder, a checkpoint or a Hub repo id
+            (``org/name@revision``). The prompt must be plain (``reparameterize: false``, P-tuning
+            ``encoder: none``) and of the same shape.
         pooling: head format: ``auto`` (first real token for encoders, last for decoders, mean
             for T5), ``first``, ``last`` or ``mean`` over the text's real tokens.
         head_dropout: dropout before the classifier head.
@@ -88,6 +98,8 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         backbone_dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = "float32",
         quantization: Literal["4bit", "8bit"] | None = None,
         attn_implementation: str | None = None,
+        prefix_positions: Literal["none", "first"] = "none",
+        init_from: str | None = None,
         pooling: Pooling = "auto",
         head_dropout: float = 0.1,
         backbone_dropout: bool = False,
@@ -120,6 +132,8 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
             if not self.backbone.model.supports_gradient_checkpointing:
                 raise ValueError(f"gradient_checkpointing: {type(self.backbone.model).__name__} does not support it")
             self.backbone.model.activation_checkpointing_enable()  # non-reentrant: prompts need no input grads
+        if prefix_positions == "first":
+            self.backbone.check_prefix_positions()
         self.optimizer_factory = optimizer
         facts = self.backbone.facts
         if pooling == "auto":
@@ -133,6 +147,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         self.val_metrics = nn.ModuleDict({n: f.metrics().clone(prefix=self.metric_prefix("val", n)) for n, f in self.formats.items()})
         self.test_metrics = nn.ModuleDict({n: f.metrics().clone(prefix=self.metric_prefix("test", n)) for n, f in self.formats.items()})
         self.prompt: nn.Module = NoPrompt()  # a method sets its own
+        self.started_from: str | None = None  # where init_from's values came from, once loaded
         # Lightning trains every module in the mode it finds it in: set the training modes now.
         self.train()
 
@@ -163,7 +178,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
 
     def prompted(self, task: str) -> Prompted:
         """The prompt on the backbone for ``task``, as task formats read it."""
-        return Prompted(self.backbone, self.prompt, task)
+        return Prompted(self.backbone, self.prompt, task, self.hparams.get("prefix_positions", "none"))
 
     # Backwards-friendly views of the (first) task.
     @property
@@ -259,6 +274,12 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
                 rows[position] = {"task": task, **row}
         return [rows[i] for i in sorted(rows)]
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.get("init_from") and not self.started_from:
+            # Before configure_model shards anything (rank 0's values then reach every shard); a resumed
+            # run's checkpoint replaces these values afterwards.
+            self.started_from = start_from(self, self.hparams.init_from)
+
     def configure_model(self) -> None:
         """Under a sharding strategy (``ShardedPromptStrategy``: Lightning hands it a device mesh),
         shard the frozen backbone with FSDP; elsewhere the model is complete as built."""
@@ -284,6 +305,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
+        self.record_initial_prompt()  # drift from the initialisation (lit_prompts.inspection)
         trainable = sum(p.numel() for p in self.trainable_parameters())
         total = sum(p.numel() for p in self.parameters())
         report = {"params/trainable": trainable, "params/total": total, "params/saved_pct": 100 * (1 - trainable / total)}
