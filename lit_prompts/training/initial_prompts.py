@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
+from ..hub import prompt_folder
 from ..prompted_backbone import PromptedBackbone
 from ..safe_reading import PROMPT_FILE, read_prompt_folder
 
@@ -40,11 +39,16 @@ def initial_prefix(backbone: PromptedBackbone, length: int) -> Tensor:
 
 
 def prompt_from_folder(folder: str, shape: tuple[int, ...], placement: str) -> Tensor:
-    """A trained single-task prompt of ``shape`` from an exported folder (multi-task ``init_prompt``)."""
-    path = Path(folder) / PROMPT_FILE
+    """A trained single-task prompt of ``shape`` from an exported folder or a Hub repo id holding one
+    (``org/name[@revision]``, fetched into the Hugging Face cache): multi-task ``init_prompt``."""
+    try:
+        local = prompt_folder(folder)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"init_prompt: {error}") from None
+    path = local / PROMPT_FILE
     if not path.exists():
         raise FileNotFoundError(f"init_prompt: {path} does not exist (export a trained prompt first)")
-    _, tensors = read_prompt_folder(folder)
+    _, tensors = read_prompt_folder(local)
     names = ("prompt", "prompt_embedding") if len(shape) == 2 else ("deep_prompts",)
     found = [v for k, v in tensors.items() if k.rpartition(".")[2] in names]
     if not found:
