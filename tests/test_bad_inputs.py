@@ -128,7 +128,8 @@ CLI_CASES = [
          r"trained on backbone .*bert0', which differs from .*roberta0' \(model_type: saved bert vs loaded roberta"),
     Case("checkpoint-on-other-weights",
          lambda d, i: validate(d, i, copied_checkpoint(d, i), f"--model.backbone={other_weights(d, i)}"),
-         r"trained on backbone .*bert0' \(weights digest \w+\), but .*other-bert' has other weights .*"
+         r"trained on backbone .*bert0' \(weights digest \w+\), but .*other-bert' \(weights digest \w+\) has other "
+         r"weights .*"
          r"LIT_PROMPTS_ALLOW_OTHER_BACKBONE=1"),
     Case("predictions-over-their-input", predict_in_place, r"predictions.output .*unlabelled.jsonl is the file predict reads"),
 ]

@@ -136,7 +136,7 @@ def test_prompt_on_other_weights_of_the_same_architecture_is_refused(trained, tm
         for p in model.parameters():
             p.add_(0.01)
     model.save_pretrained(other)
-    with pytest.raises(ValueError, match=r"trained on backbone .*bert0' \(weights digest \w{16}\), but .*other-bert' has other weights"):
+    with pytest.raises(ValueError, match=r"trained on backbone .*bert0' \(weights digest \w{16}\), but .*other-bert' \(weights digest \w{16}\) has other weights"):
         lit_prompts.load(trained / "prompt", backbone=str(other))
     assert lit_prompts.load(trained / "prompt", backbone=str(other), allow_other_weights=True).prompt.prompt.shape[0] == 2
     monkeypatch.setenv("LIT_PROMPTS_ALLOW_OTHER_BACKBONE", "1")
