@@ -80,11 +80,17 @@ def build(name: str, path: str, arch: str, **settings):
     return method
 
 
+def matrix(cases: list[tuple[str, str]], fast: tuple[str, str]) -> list:
+    """Every case; all but ``fast`` in the integration tier (the unit tier keeps one of each kind)."""
+    return [pytest.param(*case, id="-".join(case), marks=() if case == fast else pytest.mark.integration)
+            for case in cases]
+
+
 EXPORTS = [("PromptTuning", a) for a in PROMPT_ARCHS] + [("PTuning", a) for a in ("bert", "llama", "t5")] + \
     [(m, a) for m in ("PrefixTuning", "PTuningV2") for a in PREFIX_ARCHS]
 
 
-@pytest.mark.parametrize("name,arch", EXPORTS, ids=[f"{m}-{a}" for m, a in EXPORTS])
+@pytest.mark.parametrize("name,arch", matrix(EXPORTS, fast=("PTuningV2", "gpt2")))
 def test_export_gives_lit_prompts_outputs_in_peft(name, arch, tiny_backbone, tmp_path):
     path = tiny_backbone(arch)
     method = build(name, path, arch)
@@ -166,7 +172,7 @@ IMPORTS = [("PROMPT_TUNING", a) for a in PROMPT_ARCHS] + [("P_TUNING", a) for a 
     [("PREFIX_TUNING", a) for a in PREFIX_ARCHS]
 
 
-@pytest.mark.parametrize("kind,arch", IMPORTS, ids=[f"{k}-{a}" for k, a in IMPORTS])
+@pytest.mark.parametrize("kind,arch", matrix(IMPORTS, fast=("PREFIX_TUNING", "bert")))
 def test_peft_adapter_loads_with_peft_outputs(kind, arch, tiny_backbone, tmp_path):
     path = tiny_backbone(arch)
     folder = peft_adapter(kind, path, arch, tmp_path / "adapter")
