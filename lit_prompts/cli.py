@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import BestCheckpoint, ContinuedCSVLogger, ExportPrompt, LatestCheckpoint, PredictionWriter
 from .cli_errors import INPUT_ERRORS, ShortErrorParser, check_config_files, debug_active, debug_flag, report
@@ -39,8 +39,21 @@ class LitPromptsCLI(LightningCLI):
     - methods with per-task tensors get DDP's unused-parameter detection (``strategy: ddp`` becomes
       ``ddp_find_unused_parameters_true``): a batch of one task leaves the others' tensors unused;
     - the best checkpoint on the monitored metric, ``last.ckpt`` with the latest state (to resume),
-      export of the best prompt, and a JSONL prediction writer.
+      export of the best prompt, and a JSONL prediction writer;
+    - the default logger is ``CSVLogger`` (``<default_root_dir>/lightning_logs/version_N/metrics.csv``) whatever is
+      installed, where Lightning would switch to TensorBoard once it is; a logger whose package is missing
+      stops the run before it starts, with what to install.
     """
+
+    # Loggers whose package is not a dependency: class name -> (modules, any of which will do; what to install).
+    logger_packages = {
+        "TensorBoardLogger": (("tensorboard", "tensorboardX"), "pip install 'lit-prompts[tensorboard]'"),
+        "WandbLogger": (("wandb",), "pip install 'lit-prompts[wandb]'"),
+        "MLFlowLogger": (("mlflow",), "pip install 'lit-prompts[mlflow]'"),
+        "CometLogger": (("comet_ml",), "pip install comet-ml"),
+        "NeptuneLogger": (("neptune",), "pip install neptune"),
+        "LitLogger": (("litlogger",), "pip install litlogger"),
+    }
 
     def __init__(self, args=None, run: bool = True, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -86,7 +99,47 @@ class LitPromptsCLI(LightningCLI):
         strategy = config.trainer.strategy
         if getattr(model_class, "uses_parameters_per_task", False) and strategy in DDP_FINDING_UNUSED:
             config.trainer.strategy = DDP_FINDING_UNUSED[strategy]
+        self.check_logger_packages(config.trainer.logger)
         self._resume_in_its_log_folder(config)
+
+    @classmethod
+    def check_logger_packages(cls, logger) -> None:
+        """A ``trainer.logger`` (or list of them) whose package is not installed stops here, naming the
+        logger and what to install, rather than once the model and data are built."""
+        for entry in logger if isinstance(logger, list) else [logger]:
+            path = entry.get("class_path") if isinstance(entry, Namespace) else None
+            if not isinstance(path, str):
+                continue
+            try:
+                names = [klass.__name__ for klass in import_class(path).__mro__]
+            except (ImportError, AttributeError, ValueError):
+                continue  # the parser's to report
+            for name in filter(cls.logger_packages.__contains__, names):
+                modules, install = cls.logger_packages[name]
+                if not any(cls._installed(module) for module in modules):
+                    raise ValueError(f"--trainer.logger {path.rpartition('.')[2]} needs the {modules[0]} package, "
+                                     f"which is not installed: {install}")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        # Lightning's default logger (trainer.logger null or true) is TensorBoard once tensorboard is installed;
+        # ours stays CSVLogger, with the save_dir Lightning gives its default (trainer.default_root_dir or cwd).
+        # Set here rather than in the config, so that the saved config.yaml keeps the logger as it was given.
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("logger") in (None, True) and not trainer.get("barebones") and "logger" not in kwargs:
+            kwargs["logger"] = CSVLogger(save_dir=self._root_dir(trainer.get("default_root_dir")))
+        return super().instantiate_trainer(**kwargs)
+
+    @staticmethod
+    def _root_dir(default_root_dir) -> str:
+        """``trainer.default_root_dir`` as the Trainer reads it: the working directory when unset, local paths normalised."""
+        root = os.fspath(default_root_dir or os.getcwd())
+        return root if "://" in root else os.path.normpath(os.path.expanduser(root))
+
+    @staticmethod
+    def _installed(module: str) -> bool:
+        # Found without importing it; a bare folder of that name (wandb/ holds W&B's runs) is no package.
+        spec = importlib.util.find_spec(module)
+        return spec is not None and spec.origin is not None
 
     def instantiate_classes(self) -> None:
         # Under the sharding strategy, only global rank 0 reads the backbone's weights (sharding.py).
@@ -101,15 +154,14 @@ class LitPromptsCLI(LightningCLI):
         same metrics.csv (``ContinuedCSVLogger``), and the prompt is exported where it was."""
         if self.subcommand != "fit" or not config.get("ckpt_path") or config.trainer.logger not in (None, True):
             return
-        # Lightning's default logger, with the save_dir it would give (trainer.default_root_dir).
-        root = os.path.normpath(os.path.expanduser(config.trainer.default_root_dir or os.getcwd()))
+        # Our default logger (CSV, see instantiate_trainer), with the save_dir Lightning would give.
+        root = self._root_dir(config.trainer.default_root_dir)
         folders = Path(config.ckpt_path).resolve().parents
         version = re.fullmatch(r"version_(\d+)", folders[1].name) if len(folders) > 3 else None
         if not (version and folders[0].name == "checkpoints" and folders[2].name == "lightning_logs"
                 and folders[3] == Path(root).resolve() and Path(config.ckpt_path).is_file()):
             return
-        tensorboard = any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX"))
-        logger = TensorBoardLogger if tensorboard else ContinuedCSVLogger  # as Lightning picks its default
+        logger = ContinuedCSVLogger  # our default logger, CSV, going on in the same metrics.csv
         config.trainer.logger = Namespace(class_path=f"{logger.__module__}.{logger.__qualname__}",
                                           init_args=Namespace(save_dir=root, version=int(version[1])))
 
