@@ -109,8 +109,9 @@ def load(
     **overrides,
 ):
     """Load a ``.ckpt`` written during training, or a folder holding ``prompt.safetensors`` and
-    ``prompt.json``, or a Hub repo id (``org/name``, ``org/name@revision``) holding one; the backbone
-    is reloaded from the name stored with it (``overrides`` can point it elsewhere, e.g.
+    ``prompt.json``, or a PEFT prompt adapter folder (``adapter_config.json``: see
+    ``load_peft_adapter``), or a Hub repo id (``org/name``, ``org/name@revision``) holding one; the
+    backbone is reloaded from the name stored with it (``overrides`` can point it elsewhere, e.g.
     ``backbone="/models/my-copy"``).
 
     Args:

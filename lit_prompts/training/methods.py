@@ -153,7 +153,7 @@ class MultiTaskPromptTuning(PromptMethod):
         num_virtual_tokens: prompt length P.
         placement: ``input`` (prepended to the embeddings) or ``layers`` (every self-attention layer).
         rank: mpt: r of the task matrices u_t v_tᵀ.
-        init_prompt: mpt: folder of an exported single-task prompt that starts P: a ``PromptTuning``
+        init_prompt: mpt: folder (or Hub repo id) of an exported single-task prompt that starts P: a ``PromptTuning``
             or ``PTuning`` prompt [P, H] (placement input), a ``PTuningV2`` one [L, P, H] (layers).
         pool_size: selector: K prompts in the shared pool.
         selector_hidden_size: selector: d, the width of the query encoder E(x).
