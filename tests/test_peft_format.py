@@ -331,3 +331,17 @@ def test_fit_from_a_peft_adapter_exports_a_peft_adapter(tiny_backbone, tmp_path,
     ours = lit_outputs(method, batch)
     theirs = peft_outputs(PeftModel.from_pretrained(base_model(path, "gpt2"), tmp_path / "trained"), batch, ours.shape[1])
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+
+def test_generation_in_peft_numbering_continues_as_the_forward_pass(tiny_backbone):
+    """With ``prefix_positions: first`` generation numbers new tokens after the prompt's real ones: its
+    first token is the argmax of the forward pass (the pass that equals PEFT's forward)."""
+    path = tiny_backbone("llama")
+    method = build("PrefixTuning", path, "llama", reparameterize=False)
+    batch = {k: v for k, v in inputs(method.tokenizer, "llama").items()}
+    run = method.prompted(method.default_task)
+    with torch.no_grad():
+        generated = method.backbone.generate(batch, *run.prompt_for(batch), "first", max_new_tokens=3,
+                                             output_logits=True, return_dict_in_generate=True)
+        forward = lit_outputs(method, batch)[0, -1]
+    torch.testing.assert_close(generated.logits[0][0], forward, atol=1e-5, rtol=0)
