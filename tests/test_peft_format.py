@@ -218,14 +218,14 @@ def test_init_from_a_peft_adapter_starts_training_there(tiny_backbone, tmp_path)
     folder = peft_adapter("PROMPT_TUNING", path, "llama", tmp_path / "adapter")
     method = lit_prompts.PromptTuning(backbone=path, task_format="text_to_text", label_names=LABELS,
                                       num_virtual_tokens=3, init_from=str(folder))
-    method.setup("fit")
+    method.apply_init_from()
     adapter = load_file(folder / "adapter_model.safetensors")["prompt_embeddings"]
     torch.testing.assert_close(method.prompt.prompt.detach(), adapter, atol=0, rtol=0)
     assert method.started_from == str(folder)
     wrong = lit_prompts.PromptTuning(backbone=path, task_format="text_to_text", label_names=LABELS,
                                      num_virtual_tokens=5, init_from=str(folder))
     with pytest.raises(ValueError, match=r"init_from .*holds prompt tensors \{'prompt': \[3, 32\]\}.*\[5, 32\]"):
-        wrong.setup("fit")
+        wrong.apply_init_from()
 
 
 def test_init_from_an_export_takes_prompt_and_heads(tiny_backbone, tmp_path):
@@ -233,13 +233,13 @@ def test_init_from_an_export_takes_prompt_and_heads(tiny_backbone, tmp_path):
     trained = build("PTuningV2", path, "bert", prefix_positions="none")
     trained.export_prompt(tmp_path / "prompt")
     method = lit_prompts.PTuningV2(backbone=path, label_names=LABELS, num_virtual_tokens=3, init_from=str(tmp_path / "prompt"))
-    method.setup("fit")
+    method.apply_init_from()
     for name, tensor in trained.trainable_state_dict().items():
         torch.testing.assert_close(method.state_dict()[name], tensor, atol=0, rtol=0)
     reparameterized = lit_prompts.PTuningV2(backbone=path, label_names=LABELS, num_virtual_tokens=3, reparameterize=True,
                                             init_from=str(tmp_path / "prompt"))
     with pytest.raises(ValueError, match="reparameterisation"):
-        reparameterized.setup("fit")
+        reparameterized.apply_init_from()
 
 
 # --- bad adapters -----------------------------------------------------------------------------------

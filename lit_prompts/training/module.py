@@ -275,9 +275,15 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         return [rows[i] for i in sorted(rows)]
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.get("init_from") and not self.started_from:
+        super().setup(stage)
+        if stage == "fit":
             # Before configure_model shards anything (rank 0's values then reach every shard); a resumed
             # run's checkpoint replaces these values afterwards.
+            self.apply_init_from()
+
+    def apply_init_from(self) -> None:
+        """Start the prompt (and fitting heads) from ``init_from``, once."""
+        if self.hparams.get("init_from") and not self.started_from:
             self.started_from = start_from(self, self.hparams.init_from)
 
     def configure_model(self) -> None:
