@@ -135,10 +135,11 @@ _SHARED: ContextVar[dict | None] = ContextVar("lit_prompts_shared_backbones", de
 
 
 @contextmanager
-def shared_backbones():
+def shared_backbones(cache: dict | None = None):
     """Inside the block, methods built together get one backbone object per (model, form, dtype,
-    attention kernel) instead of a copy each: several trained prompts served on one frozen model."""
-    token = _SHARED.set({})
+    attention kernel) instead of a copy each: several trained prompts served on one frozen model.
+    ``cache``: the backbones of earlier blocks, to share them with the methods built now (it is filled)."""
+    token = _SHARED.set({} if cache is None else cache)
     try:
         yield
     finally:

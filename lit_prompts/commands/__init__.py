@@ -3,6 +3,7 @@
     python -m lit_prompts export  <checkpoint or prompt> --output DIR [--format peft] [--push org/name]
     python -m lit_prompts inspect <prompt or checkpoint> [more prompts...] [--json]
     python -m lit_prompts plot    <run dir> [--output curves.png]
+    python -m lit_prompts serve   --config serve.yaml [--port 8000]
 
 They raise the same input errors as the training commands (reported in one line by ``cli.main``).
 """
@@ -15,6 +16,7 @@ COMMANDS = {
     "export": "lit_prompts.commands.export",
     "inspect": "lit_prompts.commands.inspect",
     "plot": "lit_prompts.commands.plot",
+    "serve": "lit_prompts.commands.serve",
 }
 
 

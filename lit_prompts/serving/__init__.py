@@ -1,0 +1,1 @@
+"""Serving trained prompts over HTTP on one frozen backbone (``python -m lit_prompts serve``, LitServe)."""

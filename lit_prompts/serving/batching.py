@@ -1,0 +1,109 @@
+"""Answering a batch of requests for different prompts on one frozen backbone.
+
+Prompts whose formats read the backbone's hidden states (head, token, span) share one forward pass
+with per-row prompts (``PromptedBackbone.hidden_states_together``: input-level and deep prompts
+alike, when they prepend equally many positions); the others (cloze, text-to-text) run one call per
+prompt, generation one per prompt and generation settings. A request that fails fails alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..prompted import WithHiddenStates
+from ..prompted_backbone import PromptsDoNotJoin
+from .endpoint import PromptEndpoint
+
+
+@dataclass
+class Item:
+    """One request of a batch, encoded for its prompt."""
+
+    endpoint: PromptEndpoint
+    feature: dict
+    facts: dict
+    options: dict
+
+
+@torch.no_grad()
+def answer_batch(items: list[Item]) -> tuple[list[dict | Exception], int]:
+    """Answers (or the exception of a request that failed) in the items' order, and the number of
+    backbone calls the batch took."""
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        generation = (item.options.get("max_new_tokens"), item.options.get("num_beams"))
+        groups.setdefault((item.endpoint.name, *generation), []).append(i)
+    answers: list = [None] * len(items)
+    batches = {key: items[rows[0]].endpoint.collate([items[i].feature for i in rows]) for key, rows in groups.items()}
+    runs = {key: method_run(items[rows[0]].endpoint) for key, rows in groups.items()}
+    calls = share_hidden_states(items, groups, batches, runs)
+    for key, rows in groups.items():
+        endpoint = items[rows[0]].endpoint
+        try:
+            predicted = predict(endpoint, runs[key], batches[key], items[rows[0]].options)
+            calls += 0 if isinstance(runs[key], WithHiddenStates) else 1
+        except Exception as error:  # this prompt's requests fail; the other prompts' are answered
+            predicted = [error] * len(rows)
+        for i, row in zip(rows, predicted):
+            answers[i] = row if isinstance(row, Exception) else endpoint.answer(row, items[i].facts)
+    return answers, calls
+
+
+def method_run(endpoint: PromptEndpoint):
+    method = endpoint.method
+    return method.prompted(method.default_task)
+
+
+def share_hidden_states(items, groups, batches, runs) -> int:
+    """One forward pass per set of groups whose formats read hidden states and whose prompts can join
+    (as many prepended positions, layer prompts alike); those runs then carry their hidden states."""
+    buckets: dict[tuple, list] = {}
+    for key, rows in groups.items():
+        if reads_hidden(items[rows[0]].endpoint):
+            output, embeds = runs[key].prompt_for(batches[key])
+            kind = (output.prepended, output.layer_hidden is not None, output.layer_kv is not None)
+            buckets.setdefault(kind, []).append((key, output, embeds))
+    calls = 0
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        backbone = items[groups[members[0][0]][0]].endpoint.method.backbone
+        try:
+            hidden = backbone.hidden_states_together([(batches[key], output, embeds) for key, output, embeds in members])
+        except PromptsDoNotJoin:  # e.g. deep prompts of different lengths: one call per prompt
+            continue
+        for (key, _, _), states in zip(members, hidden):
+            runs[key] = WithHiddenStates(runs[key], batches[key], states)
+        calls += 1
+    return calls
+
+
+def reads_hidden(endpoint: PromptEndpoint) -> bool:
+    method = endpoint.method
+    return (method.formats[method.default_task].reads == "hidden"
+            and method.hparams.get("prefix_positions", "none") == "none")  # joined prompts number from 0
+
+
+def predict(endpoint: PromptEndpoint, run, batch: dict, options: dict) -> list[dict]:
+    """Predict rows of one prompt's sub-batch; classification adds every label's probability on request."""
+    method = endpoint.method
+    form = method.formats[method.default_task]
+    if endpoint.task == "classification" and getattr(form, "predict_with", "labels") == "labels":
+        probabilities = form.scores(run, batch).float().softmax(-1)
+        score, index = probabilities.max(-1)
+        rows = [{"label": form.label_names[k], "score": round(float(s), 6)} for k, s in zip(index.tolist(), score)]
+        if options.get("all_scores"):
+            for row, values in zip(rows, probabilities.tolist()):
+                row["scores"] = {label: round(v, 6) for label, v in zip(form.label_names, values)}
+        return rows
+    settings = {k: options[k] for k in ("max_new_tokens", "num_beams") if options.get(k) is not None}
+    kept = {k: getattr(form, k) for k in settings}
+    try:
+        for k, v in settings.items():
+            setattr(form, k, v)
+        return form.predict(run, batch)
+    finally:
+        for k, v in kept.items():
+            setattr(form, k, v)

@@ -1,0 +1,253 @@
+"""``python -m lit_prompts serve``: prompts of every task and format behind one frozen backbone.
+
+The unit tier checks the request layer in process (a batch mixing prompts answers as each request
+alone does); the integration tier starts a real LitServe server on a free loopback port and talks
+HTTP to it (a mixed concurrent burst, bad requests, hot loading)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import lit_prompts
+from lit_prompts.backbone import shared_backbones
+from lit_prompts.data import PromptDataModule
+from lit_prompts.data.qa import SPAN_LABELS
+from lit_prompts.serving.batching import Item, answer_batch
+from lit_prompts.serving.endpoint import PromptEndpoint, RequestError
+
+LABELS = ["negative", "positive"]
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+CLOZE = {"template": "{text} It was {mask} .", "verbalizer": {"negative": "bad", "positive": "great"}}
+REQUESTS = {
+    "sentiment": {"text": "the movie was really good"},
+    "sentiment_b": {"text": "an awful , boring plot"},
+    "deep": {"text": "the acting was fine"},
+    "entities": {"text": "john  smith visited paris"},
+    "answers": {"question": "who visited paris ?", "context": "john smith visited paris today and left ."},
+    "cloze": {"text": "the story was dull"},
+}
+
+
+def randomized(method):
+    torch.manual_seed(0)
+    with torch.no_grad():  # trained-looking prompts and heads, so that rows differ
+        for parameter in method.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(0, 0.5)
+    return method
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_backbone, tmp_path_factory) -> dict:
+    """name -> (serving entry) for prompts of every bert format, exported."""
+    bert, folder = tiny_backbone("bert"), tmp_path_factory.mktemp("served")
+    cloze_ids = PromptDataModule(backbone=bert, task_format="cloze", label_names=LABELS, **CLOZE).verbalizer_token_ids
+    methods = {
+        "sentiment": lit_prompts.PromptTuning(backbone=bert, label_names=LABELS, num_virtual_tokens=4),
+        "sentiment_b": lit_prompts.PromptTuning(backbone=bert, label_names=LABELS, num_virtual_tokens=4),
+        "deep": lit_prompts.PTuningV2(backbone=bert, label_names=LABELS, num_virtual_tokens=4),
+        "entities": lit_prompts.PromptTuning(backbone=bert, task="ner", task_format="token", label_names=TAGS,
+                                             num_virtual_tokens=4),
+        "answers": lit_prompts.PromptTuning(backbone=bert, task="qa", task_format="span", label_names=SPAN_LABELS,
+                                            num_virtual_tokens=4),
+        "cloze": lit_prompts.PromptTuning(backbone=bert, task_format="cloze", label_names=LABELS,
+                                          verbalizer_token_ids=cloze_ids, num_virtual_tokens=4),
+    }
+    entries = {}
+    for name, method in methods.items():
+        randomized(method).export_prompt(folder / name)
+        data = {"cloze": dict(CLOZE), "answers": {"max_length": 64, "stride": 16}}.get(name)
+        entries[name] = {"source": str(folder / name), "data": data}
+    return {"backbone": bert, "entries": entries}
+
+
+def endpoints(exported) -> dict[str, PromptEndpoint]:
+    with shared_backbones():
+        return {name: PromptEndpoint(name, lit_prompts.load(e["source"], backbone=exported["backbone"]), e["data"])
+                for name, e in exported["entries"].items()}
+
+
+def ask(endpoint: PromptEndpoint, fields: dict, **options) -> Item:
+    return Item(endpoint, *endpoint.encode(fields), options)
+
+
+def test_a_mixed_batch_answers_as_each_request_alone(exported):
+    served = endpoints(exported)
+    alone = {name: answer_batch([ask(served[name], fields)])[0][0] for name, fields in REQUESTS.items()}
+    mixed, calls = answer_batch([ask(served[name], fields) for name, fields in REQUESTS.items()])
+    for (name, expected), got in zip(alone.items(), mixed):
+        assert got.keys() == expected.keys(), name
+        for key, value in expected.items():
+            if key == "score" and value is not None:
+                assert got[key] == pytest.approx(value, abs=1e-5), name
+            elif key != "score":
+                assert got[key] == value, (name, key)
+    # sentiment, sentiment_b (4 input vectors each) share one call; deep prompts prepend nothing, so
+    # they run apart, as do NER's, QA's and cloze's formats of other prompt lengths or other outputs.
+    assert calls < len(REQUESTS)
+    first = [ask(served[n], REQUESTS[n]) for n in ("sentiment", "sentiment_b", "sentiment")]
+    assert answer_batch(first)[1] == 1  # one backbone call for two prompts
+
+
+def test_answers_have_the_api_shape(exported):
+    served = endpoints(exported)
+    label = answer_batch([ask(served["sentiment"], REQUESTS["sentiment"], all_scores=True)])[0][0]
+    assert label["label"] in LABELS and set(label["scores"]) == set(LABELS)
+    assert label["scores"][label["label"]] == label["score"]
+    entities = answer_batch([ask(served["entities"], REQUESTS["entities"])])[0][0]
+    text = REQUESTS["entities"]["text"]
+    for entity in entities["entities"]:  # offsets into the request's own text (two spaces after john)
+        assert text[entity["start"]: entity["end"]] == entity["text"]
+    answer = answer_batch([ask(served["answers"], REQUESTS["answers"])])[0][0]
+    context = REQUESTS["answers"]["context"]
+    assert answer["answer"] == "" or context[answer["start"]:].startswith(answer["answer"])
+    long = answer_batch([ask(served["sentiment"], {"text": "good " * 400})])[0][0]
+    assert long["truncated"] is True and "max_length=256" in long["note"]
+
+
+def test_bad_fields_name_the_field(exported):
+    served = endpoints(exported)
+    with pytest.raises(RequestError, match="^text: a non-empty string is required"):
+        served["sentiment"].encode({"txt": "x"})
+    with pytest.raises(RequestError, match="^context: "):
+        served["answers"].encode({"question": "who?", "context": 3})
+    with pytest.raises(RequestError, match="^tokens: "):
+        served["entities"].encode({"tokens": []})
+
+
+# --- a real server ---------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, config: Path, token: str | None = "secret"):
+        self.port = free_port()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env.pop("LIT_PROMPTS_ADMIN_TOKEN", None)
+        if token:
+            env["LIT_PROMPTS_ADMIN_TOKEN"] = token
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lit_prompts", "serve", "--config", str(config), f"--port={self.port}"],
+            cwd=config.parent, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stdout.read().decode()[-3000:]}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError("the server did not become healthy in 120 s")
+
+    def call(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict]:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, parsed(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, parsed(error.read())
+
+    def get(self, path: str):
+        return self.call("GET", path)
+
+    def predict(self, body) -> tuple[int, dict]:
+        return self.call("POST", "/predict", body)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)  # the whole group: LitServe's workers and HTTP servers
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def parsed(body: bytes):
+    """A JSON body, or the text of another (``/health`` answers ``ok``)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode()
+
+
+def write_config(folder: Path, backbone: str, entries: dict, **settings) -> Path:
+    config = {"backbone": backbone, "prompts": entries, "accelerator": "cpu", "max_batch_size": 16,
+              "batch_timeout": 0.2, **settings}
+    path = folder / "serve.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.integration
+def test_server_answers_mixed_bursts_and_bad_requests_and_hot_loads(exported, tiny_backbone, tmp_path):
+    server = Server(write_config(tmp_path, exported["backbone"], exported["entries"]))
+    try:
+        status, listed = server.get("/prompts")
+        assert status == 200 and {p["name"] for p in listed["prompts"]} == set(REQUESTS) and not listed["errors"]
+        assert next(p for p in listed["prompts"] if p["name"] == "entities")["labels"] == TAGS
+        served = endpoints(exported)
+        alone = {name: answer_batch([ask(served[name], fields)])[0][0] for name, fields in REQUESTS.items()}
+        # A concurrent burst mixing every prompt, valid and bad requests: each answered as alone.
+        burst = [({"prompt": name, **fields}, name) for name, fields in REQUESTS.items()] * 3
+        burst += [({"prompt": "nope", "text": "x"}, 404), ({"prompt": "sentiment", "txt": "x"}, 422),
+                  ({"prompt": "answers", "question": "q", "context": 5}, 422)]
+        with ThreadPoolExecutor(len(burst)) as pool:
+            results = list(pool.map(lambda case: server.predict(case[0]), burst))
+        sizes = []
+        for (body, expected), (status, answer) in zip(burst, results):
+            if isinstance(expected, int):
+                assert status == expected, answer
+                continue
+            assert status == 200, answer
+            sizes.append(answer.pop("served")["batch_size"])
+            for key, value in alone[expected].items():
+                assert answer[key] == (pytest.approx(value, abs=1e-5) if key == "score" and value else value), key
+        assert max(sizes) > 1  # LitServe batched requests for different prompts together
+        status, answer = server.predict({"prompt": "nope", "text": "x"})
+        assert status == 404 and "known: answers, cloze, deep, entities, sentiment, sentiment_b" in answer["detail"]
+        status, answer = server.predict({"prompt": "sentiment", "text": "x", "num_beams": "two"})
+        assert status == 422 and answer["detail"].startswith("num_beams")
+        assert server.predict(b"not json")[0] == 422
+        status, answer = server.predict({"prompt": "sentiment", "text": "good " * 400})
+        assert status == 200 and answer["truncated"] is True
+        # Hot loading: the token is required; a prompt for another backbone is refused; load, use, unload.
+        entry = {"name": "later", "source": exported["entries"]["sentiment"]["source"]}
+        assert server.call("POST", "/admin/prompts", entry)[0] == 401
+        assert server.call("POST", "/admin/prompts", entry, token="wrong")[0] == 401
+        other = tmp_path / "gpt2-prompt"
+        lit_prompts.PromptTuning(backbone=tiny_backbone("gpt2"), label_names=LABELS, num_virtual_tokens=4).export_prompt(other)
+        status, answer = server.call("POST", "/admin/prompts", {"name": "other", "source": str(other)}, token="secret")
+        assert status == 422 and "differs from" in answer["detail"], answer
+        assert server.call("POST", "/admin/prompts", entry, token="secret")[0] == 200
+        status, answer = server.predict({"prompt": "later", **REQUESTS["sentiment"]})
+        assert status == 200 and answer["label"] == alone["sentiment"]["label"]
+        assert "later" in {p["name"] for p in server.get("/prompts")[1]["prompts"]}
+        assert server.call("DELETE", "/admin/prompts/later", token="secret")[0] == 200
+        assert server.predict({"prompt": "later", **REQUESTS["sentiment"]})[0] == 404
+        assert server.call("DELETE", "/admin/prompts/later", token="secret")[0] == 404
+        # After all of that, a good request is still answered.
+        status, answer = server.predict({"prompt": "deep", **REQUESTS["deep"]})
+        assert status == 200 and answer["label"] == alone["deep"]["label"]
+    finally:
+        server.stop()
