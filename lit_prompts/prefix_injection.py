@@ -54,14 +54,25 @@ AttentionInterface.register(KERNEL_NAME, _prefixed_kernel)
 
 
 def _with_prefix(module, query, key, value, mask, prefix, kwargs):
-    prefix_key, prefix_value = (_batched(t, query.shape[0]).to(key.dtype) for t in prefix)
+    # (key, value), or (key, value, visible [B, P]) for rows whose prefixes are shorter than P (or absent).
+    prefix_key, prefix_value = (_batched(t, query.shape[0]).to(key.dtype) for t in prefix[:2])
+    visible = prefix[2] if len(prefix) == 3 else None
     p, q_len, k_len = prefix_key.shape[2], query.shape[2], key.shape[2]
-    if mask is None and getattr(module, "is_causal", False) and q_len > 1:
+    sdpa = module.lit_prompts_kernel_name == "sdpa"
+    if mask is None and ((getattr(module, "is_causal", False) and q_len > 1) or visible is not None):
         # The kernel would otherwise infer causality from equal lengths, which the prefix breaks.
-        visible = torch.ones(q_len, k_len, dtype=torch.bool, device=key.device).tril(k_len - q_len)
-        mask = visible[None, None] if module.lit_prompts_kernel_name == "sdpa" else _additive(visible, query.dtype)
+        seen = torch.ones(q_len, k_len, dtype=torch.bool, device=key.device)
+        if getattr(module, "is_causal", False) and q_len > 1:
+            seen = seen.tril(k_len - q_len)
+        mask = seen[None, None] if sdpa else _additive(seen, query.dtype)
     if mask is not None:
-        extra = mask.new_ones(*mask.shape[:-1], p) if mask.dtype == torch.bool else mask.new_zeros(*mask.shape[:-1], p)
+        if visible is None:
+            extra = mask.new_ones(*mask.shape[:-1], p) if mask.dtype == torch.bool else mask.new_zeros(*mask.shape[:-1], p)
+        else:
+            mask = mask.expand(query.shape[0], *mask.shape[1:])
+            shown = visible.to(torch.bool)[:, None, None, :].expand(*mask.shape[:-1], p)
+            extra = shown if mask.dtype == torch.bool else torch.zeros(shown.shape, dtype=mask.dtype, device=mask.device
+                                                                       ).masked_fill(~shown, torch.finfo(mask.dtype).min)
         mask = torch.cat([extra, mask], dim=-1)
     bias = kwargs.get("position_bias")
     if bias is not None:  # prefix keys have no position: zero relative bias

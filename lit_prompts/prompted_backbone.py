@@ -27,7 +27,7 @@ PREFIX_POSITION_ENCODERS = {"bert": "from_zero", "electra": "from_zero", "robert
 
 
 class PromptsDoNotJoin(ValueError):
-    """Prompt outputs that cannot share one forward pass (other lengths, other placements)."""
+    """Prompt outputs that cannot share one forward pass (prompts placed in templates)."""
 
 
 class PromptedBackbone(nn.Module):
@@ -229,51 +229,96 @@ class PromptedBackbone(nn.Module):
         return self.model.generate(**kwargs, **{"do_sample": False, "pad_token_id": pad, **settings})
 
     def hidden_states_together(self, parts: list[tuple[dict, PromptOutput, Tensor | None]]) -> list[Tensor]:
-        """``hidden_states`` of several batches (e.g. of different tasks) in one forward pass: rows are
-        padded to one length on the tokenizer's padding side, each row keeps its own prompt. Prompts
-        must prepend equally many positions and place their layer prompts alike."""
+        """``hidden_states`` of several batches (e.g. of different tasks or prompts) in one forward pass,
+        each row with its own prompt, each part's hidden states as its own call would give them.
+
+        Rows are laid out as they would be alone, then padded on the tokenizer's padding side: the text
+        on its own to the longest text; prompt and text to the widest prompt (right-padded encoders
+        keep their positions 0..P+T-1 and gain padding after the text; left-padded decoders gain it in
+        front and count positions over real tokens). Layer prompts of other lengths (or none) are padded
+        to the longest with key/value columns the padded rows do not see."""
+        if any("virtual_index" in inputs for inputs, _, _ in parts):
+            raise PromptsDoNotJoin("prompts placed in a template's [P:n] positions run one batch at a time")
         lengths = [inputs["input_ids"].shape[1] for inputs, _, _ in parts]
         longest, left = max(lengths), self.tokenizer.padding_side == "left"
 
-        def pad(t: Tensor, value) -> Tensor:
-            extra = longest - t.shape[1]
-            filler = t.new_full((t.shape[0], extra, *t.shape[2:]), value)
+        def pad(t: Tensor, width: int, value) -> Tensor:
+            filler = t.new_full((t.shape[0], width - t.shape[1], *t.shape[2:]), value)
             return torch.cat([filler, t] if left else [t, filler], dim=1)
 
-        embeds = [e if e is not None else self.model.get_input_embeddings()(i["input_ids"]) for i, _, e in parts]
-        inputs = {"input_ids": torch.cat([pad(i["input_ids"], 0) for i, _, _ in parts]),
-                  "attention_mask": torch.cat([pad(i["attention_mask"], 0) for i, _, _ in parts])}
-        if all("token_type_ids" in i for i, _, _ in parts):
-            inputs["token_type_ids"] = torch.cat([pad(i["token_type_ids"], 0) for i, _, _ in parts])
-        together = join_prompts([p for _, p, _ in parts], [i["input_ids"].shape[0] for i, _, _ in parts], self)
-        hidden = self.hidden_states(inputs, together, torch.cat([pad(e, 0.0) for e in embeds]))
+        prompts = [prompt for _, prompt, _ in parts]
+        widest = max(prompt.prepended for prompt in prompts)
+        rows: dict[str, list[Tensor]] = {"embeds": [], "mask": [], "types": [], "offsets": []}
+        typed = all("token_type_ids" in inputs for inputs, _, _ in parts)
+        for inputs, prompt, embeds in parts:
+            embeds = embeds if embeds is not None else self.model.get_input_embeddings()(inputs["input_ids"])
+            embeds, mask = pad(embeds, longest, 0.0), pad(inputs["attention_mask"], longest, 0)
+            b, shift = embeds.shape[0], prompt.prepended
+            types = pad(inputs["token_type_ids"], longest, 0) if typed else None
+            if shift:
+                embeds = torch.cat([prompt.prepend_rows(b).to(embeds.dtype), embeds], dim=1)
+                mask = torch.cat([mask.new_ones(b, shift), mask], dim=1)
+                types = torch.cat([types.new_zeros(b, shift), types], dim=1) if typed else None
+            rows["embeds"].append(pad(embeds, widest + longest, 0.0))
+            rows["mask"].append(pad(mask, widest + longest, 0))
+            if typed:
+                rows["types"].append(pad(types, widest + longest, 0))
+            rows["offsets"].append(torch.full((b,), widest if left else shift, dtype=torch.long))
+        mask = torch.cat(rows["mask"])
+        kwargs = {"inputs_embeds": torch.cat(rows["embeds"]), "attention_mask": mask}
+        if typed:
+            kwargs["token_type_ids"] = torch.cat(rows["types"])
+        if self.facts.is_decoder_only:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+            kwargs["use_cache"] = False
+        self.install_layers(join_layer_prompts(prompts, [inputs["input_ids"].shape[0] for inputs, _, _ in parts], self))
+        hidden = self.model(**kwargs).last_hidden_state
+        starts = torch.cat(rows["offsets"]).to(hidden.device)
+        where = (starts[:, None] + torch.arange(longest, device=hidden.device))[..., None].expand(-1, -1, hidden.shape[-1])
+        text = hidden.gather(1, where)  # each row's text positions, [B, longest, H]
         out, row = [], 0
-        for (part, _, _), length in zip(parts, lengths):
-            rows = hidden[row: row + part["input_ids"].shape[0]]
-            out.append(rows[:, longest - length:] if left else rows[:, :length])
-            row += rows.shape[0]
+        for (inputs, _, _), length in zip(parts, lengths):
+            size = inputs["input_ids"].shape[0]
+            rows_of_part = text[row: row + size]
+            out.append(rows_of_part[:, longest - length:] if left else rows_of_part[:, :length])
+            row += size
         return out
 
 
-def join_prompts(prompts: list[PromptOutput], sizes: list[int], backbone: PromptedBackbone) -> PromptOutput:
-    """One per-row prompt output for batches of ``sizes`` rows stacked in order."""
-    if len({p.prepended for p in prompts}) > 1:
-        raise PromptsDoNotJoin(f"prompts of {sorted({p.prepended for p in prompts})} positions cannot share one forward pass")
-    prepend = None
-    if prompts[0].prepend is not None:
-        prepend = torch.cat([p.prepend_rows(n) for p, n in zip(prompts, sizes)])
-    if all(p.layer_hidden is not None for p in prompts):  # hidden-state prompts join as they are
+def join_layer_prompts(prompts: list[PromptOutput], sizes: list[int], backbone: PromptedBackbone) -> PromptOutput | None:
+    """One per-row layer prompt for batches of ``sizes`` rows stacked in order (None: no layer prompts).
+    Hidden-state prompts of one length join as they are (each layer projects them); otherwise every
+    part's prompt becomes keys and values, padded to the longest with columns its rows do not see."""
+    if all(p.layer_kv is None and p.layer_hidden is None for p in prompts):
+        return None
+    lengths = {p.layer_prefix_length for p in prompts}
+    if all(p.layer_hidden is not None for p in prompts) and len(lengths) == 1:
         hidden = torch.cat([p.layer_hidden if p.layer_hidden.dim() == 4 else p.layer_hidden.expand(n, -1, -1, -1)
                             for p, n in zip(prompts, sizes)])
-        return PromptOutput(prepend=prepend, layer_hidden=hidden)
-    layer_kv = None
-    if any(p.layer_kv is not None or p.layer_hidden is not None for p in prompts):
-        per_part = []
-        for p, n in zip(prompts, sizes):
-            kv = p.layer_kv if p.layer_hidden is None else backbone.layer_kv(p.layer_hidden)
-            if kv is None:
-                raise PromptsDoNotJoin("prompts that enter the layers and prompts that do not cannot share one forward pass")
-            per_part.append([tuple(t if t.dim() == 4 else t.unsqueeze(0).expand(n, -1, -1, -1) for t in pair) for pair in kv])
-        layer_kv = [(torch.cat([part[layer][0] for part in per_part]), torch.cat([part[layer][1] for part in per_part]))
-                    for layer in range(len(per_part[0]))]
-    return PromptOutput(prepend=prepend, layer_kv=layer_kv)
+        return PromptOutput(layer_hidden=hidden)
+    longest, layers = max(lengths), backbone.num_layers
+    f = backbone.facts
+    keys, values, visible = [[] for _ in range(layers)], [[] for _ in range(layers)], []
+    for p, n in zip(prompts, sizes):
+        kv = p.layer_kv if p.layer_hidden is None else backbone.layer_kv(p.layer_hidden)
+        length = p.layer_prefix_length
+        for layer in range(layers):
+            if kv is None:  # no layer prompt: columns of zeros this part's rows do not see
+                pair = [torch.zeros(n, f.num_key_value_heads, longest, f.head_dim, device=visible_device(prompts))] * 2
+            else:
+                pair = [t if t.dim() == 4 else t.unsqueeze(0).expand(n, -1, -1, -1) for t in kv[layer]]
+                pair = [torch.cat([t, t.new_zeros(n, t.shape[1], longest - length, t.shape[3])], dim=2) for t in pair]
+            keys[layer].append(pair[0])
+            values[layer].append(pair[1])
+        shown = torch.arange(longest) < length
+        visible.append(shown.expand(n, -1))
+    seen = torch.cat(visible).to(visible_device(prompts))
+    return PromptOutput(layer_kv=[(torch.cat(keys[layer]), torch.cat(values[layer]), seen) for layer in range(layers)])
+
+
+def visible_device(prompts: list[PromptOutput]) -> torch.device:
+    for p in prompts:
+        for t in (p.layer_hidden, p.prepend, *(p.layer_kv[0] if p.layer_kv else ())):
+            if t is not None:
+                return t.device
+    return torch.device("cpu")

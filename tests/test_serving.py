@@ -95,11 +95,9 @@ def test_a_mixed_batch_answers_as_each_request_alone(exported):
                 assert got[key] == pytest.approx(value, abs=1e-5), name
             elif key != "score":
                 assert got[key] == value, (name, key)
-    # sentiment, sentiment_b (4 input vectors each) share one call; deep prompts prepend nothing, so
-    # they run apart, as do NER's, QA's and cloze's formats of other prompt lengths or other outputs.
-    assert calls < len(REQUESTS)
-    first = [ask(served[n], REQUESTS[n]) for n in ("sentiment", "sentiment_b", "sentiment")]
-    assert answer_batch(first)[1] == 1  # one backbone call for two prompts
+    # Every format that reads hidden states (head, token, span: input-level and deep prompts) shares one
+    # backbone call; cloze reads the masked-LM form and runs its own.
+    assert calls == 2
 
 
 def test_answers_have_the_api_shape(exported):
@@ -251,3 +249,36 @@ def test_server_answers_mixed_bursts_and_bad_requests_and_hot_loads(exported, ti
         assert status == 200 and answer["label"] == alone["deep"]["label"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "mpnet", "gpt2", "llama", "t5"])
+def test_prompts_of_any_lengths_and_placements_share_one_call(arch, tiny_backbone):
+    """Input prompts of 2 and 5 vectors, deep prompts of 3 and a prefix of 4, and no prompt at all: one
+    forward pass gives every part the hidden states its own call gives (at its real tokens)."""
+    path = tiny_backbone(arch)
+    with shared_backbones():
+        methods = [randomized(lit_prompts.PromptTuning(backbone=path, label_names=LABELS, num_virtual_tokens=2)),
+                   randomized(lit_prompts.PromptTuning(backbone=path, label_names=LABELS, num_virtual_tokens=5)),
+                   randomized(lit_prompts.PTuningV2(backbone=path, label_names=LABELS, num_virtual_tokens=3)),
+                   randomized(lit_prompts.PrefixTuning(backbone=path, label_names=LABELS, num_virtual_tokens=4,
+                                                       reparameterize=False)),
+                   lit_prompts.FullFineTuning(backbone=path, label_names=LABELS)]
+    methods = [method.eval() for method in methods]  # (full fine-tuning trains with the shared model's dropout on)
+    backbone = methods[0].backbone
+    if arch in ("gpt2", "llama"):
+        backbone.tokenizer.padding_side = "left"  # decoders are left-padded: the padding goes in front
+    texts = [["the movie was really good", "bad"], ["an awful , boring plot"], ["fine", "the acting was fine and fun"],
+             ["john visited paris"], ["ok then", "not good at all"]]
+    parts = []
+    for method, rows in zip(methods, texts):
+        tokenizer = method.tokenizer
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # (GPT-2 has none)
+        tokenizer.padding_side = backbone.tokenizer.padding_side
+        batch = dict(tokenizer(rows, padding=True, return_tensors="pt"))
+        parts.append((batch, *method.prompted(method.default_task).prompt_for(batch)))
+    with torch.no_grad():
+        together = backbone.hidden_states_together(parts)
+        for method, (batch, _, _), joined in zip(methods, parts, together):
+            alone = method.backbone.hidden_states(batch, *method.prompted(method.default_task).prompt_for(batch))
+            real = batch["attention_mask"].bool()
+            torch.testing.assert_close(joined[real], alone[real], atol=1e-5, rtol=1e-5)

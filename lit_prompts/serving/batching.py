@@ -2,7 +2,7 @@
 
 Prompts whose formats read the backbone's hidden states (head, token, span) share one forward pass
 with per-row prompts (``PromptedBackbone.hidden_states_together``: input-level and deep prompts
-alike, when they prepend equally many positions); the others (cloze, text-to-text) run one call per
+alike, of any lengths); the others (cloze, text-to-text) run one call per
 prompt, generation one per prompt and generation settings. A request that fails fails alone.
 """
 
@@ -57,27 +57,19 @@ def method_run(endpoint: PromptEndpoint):
 
 
 def share_hidden_states(items, groups, batches, runs) -> int:
-    """One forward pass per set of groups whose formats read hidden states and whose prompts can join
-    (as many prepended positions, layer prompts alike); those runs then carry their hidden states."""
-    buckets: dict[tuple, list] = {}
-    for key, rows in groups.items():
-        if reads_hidden(items[rows[0]].endpoint):
-            output, embeds = runs[key].prompt_for(batches[key])
-            kind = (output.prepended, output.layer_hidden is not None, output.layer_kv is not None)
-            buckets.setdefault(kind, []).append((key, output, embeds))
-    calls = 0
-    for members in buckets.values():
-        if len(members) < 2:
-            continue
-        backbone = items[groups[members[0][0]][0]].endpoint.method.backbone
-        try:
-            hidden = backbone.hidden_states_together([(batches[key], output, embeds) for key, output, embeds in members])
-        except PromptsDoNotJoin:  # e.g. deep prompts of different lengths: one call per prompt
-            continue
-        for (key, _, _), states in zip(members, hidden):
-            runs[key] = WithHiddenStates(runs[key], batches[key], states)
-        calls += 1
-    return calls
+    """One forward pass for every group whose format reads hidden states (prompts of any lengths and
+    placements join: ``hidden_states_together``); those runs then carry their hidden states."""
+    shared = [key for key, rows in groups.items() if reads_hidden(items[rows[0]].endpoint)]
+    if len(shared) < 2:
+        return 0
+    backbone = items[groups[shared[0]][0]].endpoint.method.backbone
+    try:
+        hidden = backbone.hidden_states_together([(batches[key], *runs[key].prompt_for(batches[key])) for key in shared])
+    except PromptsDoNotJoin:  # prompts placed in templates: one call per prompt
+        return 0
+    for key, states in zip(shared, hidden):
+        runs[key] = WithHiddenStates(runs[key], batches[key], states)
+    return 1
 
 
 def reads_hidden(endpoint: PromptEndpoint) -> bool:
