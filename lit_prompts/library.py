@@ -16,6 +16,8 @@ from torch import nn
 from .backbone import shared_backbones
 from .contexts import build_outside_cli
 from .loading import load
+from .prompted import WithHiddenStates
+from .prompted_backbone import PromptsDoNotJoin
 
 
 def _load_sharing_backbone(prompts: dict[str, str], backbone: str, trust_code: bool) -> dict:
@@ -47,20 +49,37 @@ class PromptLibrary(LightningModule):
         self.methods = nn.ModuleDict(build_outside_cli(_load_sharing_backbone, prompts, backbone, trust_code))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        """Rows of each task answered by its own method (one backbone call per task: the methods'
-        prompts differ in kind), in the batch's order and naming their task."""
+        """Rows of each task answered by its own method, in the batch's order and naming their task. The
+        tasks whose formats read hidden states share one backbone call, each row with its own prompt."""
         if "task_batches" not in batch:
             batch = {"task_batches": {batch["task"]: batch}, "positions": {batch["task"]: list(range(len(batch["ids"])))}}
+        unknown = [task for task in batch["task_batches"] if task not in self.methods]
+        if unknown:
+            raise KeyError(f"no prompt for task {unknown[0]!r}; the library holds {list(self.methods)}")
+        runs = {task: self.methods[task].prompted(self.methods[task].default_task) for task in batch["task_batches"]}
+        shared = [task for task in runs if joins(self.methods[task])]
+        if len(shared) > 1:
+            parts = [(batch["task_batches"][task], *runs[task].prompt_for(batch["task_batches"][task])) for task in shared]
+            try:
+                hidden = self.methods[shared[0]].backbone.hidden_states_together(parts)
+            except PromptsDoNotJoin:  # prompts placed in templates: one call per task
+                hidden = []
+            for task, states in zip(shared, hidden):
+                runs[task] = WithHiddenStates(runs[task], batch["task_batches"][task], states)
         rows: dict[int, dict] = {}
         for task, sub_batch in batch["task_batches"].items():
-            if task not in self.methods:
-                raise KeyError(f"no prompt for task {task!r}; the library holds {list(self.methods)}")
             method = self.methods[task]
-            own = method.default_task
-            predicted = method.formats[own].predict(method.prompted(own), sub_batch)
+            predicted = method.formats[method.default_task].predict(runs[task], sub_batch)
             for position, row in zip(batch["positions"][task], predicted):
                 rows[position] = {"task": task, **row}
         return [rows[i] for i in sorted(rows)]
 
     def configure_optimizers(self):
         raise RuntimeError("PromptLibrary serves trained prompts (predict); train each prompt with its own method")
+
+
+def joins(method) -> bool:
+    """Whether a method's rows can share a forward pass with others': its format reads hidden states
+    and its layer prefix takes no positions (``prefix_positions: none``)."""
+    return (method.formats[method.default_task].reads == "hidden"
+            and method.hparams.get("prefix_positions", "none") == "none")

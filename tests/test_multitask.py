@@ -207,6 +207,14 @@ def test_prompt_library_serves_single_task_prompts_on_one_backbone(tiny_backbone
                   "--data.eval_batch_size=4", f"--predictions.output={tmp_path / 'mixed.out.jsonl'}", root=tmp_path / "serve")
     assert cli.model.methods["sentiment"].backbone.model is cli.model.methods["entities"].backbone.model
     mixed = read_jsonl(tmp_path / "mixed.out.jsonl")
+    # A mixed batch (an input prompt and deep prompts) takes one backbone call.
+    calls = []
+    hook = cli.model.methods["sentiment"].backbone.model.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        first = cli.model.predict_step(next(iter(cli.datamodule.predict_dataloader())), 0)
+    hook.remove()
+    assert len({r["task"] for r in first}) == 2 and len(calls) == 1
+    assert [r["id"] for r in first] == [r["id"] for r in mixed[:len(first)]]
     assert [r["task"] for r in mixed] == [r["task"] for r in rows]
     files = {"sentiment": reviews, "entities": ner_files}
     for task, folder in trained.items():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..library import joins
 from ..prompted import WithHiddenStates
 from ..prompted_backbone import PromptsDoNotJoin
 from .endpoint import PromptEndpoint
@@ -59,7 +60,7 @@ def method_run(endpoint: PromptEndpoint):
 def share_hidden_states(items, groups, batches, runs) -> int:
     """One forward pass for every group whose format reads hidden states (prompts of any lengths and
     placements join: ``hidden_states_together``); those runs then carry their hidden states."""
-    shared = [key for key, rows in groups.items() if reads_hidden(items[rows[0]].endpoint)]
+    shared = [key for key, rows in groups.items() if joins(items[rows[0]].endpoint.method)]
     if len(shared) < 2:
         return 0
     backbone = items[groups[shared[0]][0]].endpoint.method.backbone
@@ -70,12 +71,6 @@ def share_hidden_states(items, groups, batches, runs) -> int:
     for key, states in zip(shared, hidden):
         runs[key] = WithHiddenStates(runs[key], batches[key], states)
     return 1
-
-
-def reads_hidden(endpoint: PromptEndpoint) -> bool:
-    method = endpoint.method
-    return (method.formats[method.default_task].reads == "hidden"
-            and method.hparams.get("prefix_positions", "none") == "none")  # joined prompts number from 0
 
 
 def predict(endpoint: PromptEndpoint, run, batch: dict, options: dict) -> list[dict]:
