@@ -199,17 +199,21 @@ def write_config(folder: Path, backbone: str, entries: dict, **settings) -> Path
 
 @pytest.mark.integration
 def test_server_answers_mixed_bursts_and_bad_requests_and_hot_loads(exported, tiny_backbone, tmp_path):
-    server = Server(write_config(tmp_path, exported["backbone"], exported["entries"]))
+    # "broken": a QA prompt served with data settings its encoder refuses (stride above half of max_length).
+    broken = {"source": exported["entries"]["answers"]["source"], "data": {"max_length": 64, "stride": 48}}
+    server = Server(write_config(tmp_path, exported["backbone"], {**exported["entries"], "broken": broken}))
     try:
         status, listed = server.get("/prompts")
-        assert status == 200 and {p["name"] for p in listed["prompts"]} == set(REQUESTS) and not listed["errors"]
+        assert status == 200 and {p["name"] for p in listed["prompts"]} == set(REQUESTS)
+        assert list(listed["errors"]) == ["broken"] and "stride=48" in listed["errors"]["broken"]
         assert next(p for p in listed["prompts"] if p["name"] == "entities")["labels"] == TAGS
         served = endpoints(exported)
         alone = {name: answer_batch([ask(served[name], fields)])[0][0] for name, fields in REQUESTS.items()}
         # A concurrent burst mixing every prompt, valid and bad requests: each answered as alone.
         burst = [({"prompt": name, **fields}, name) for name, fields in REQUESTS.items()] * 3
         burst += [({"prompt": "nope", "text": "x"}, 404), ({"prompt": "sentiment", "txt": "x"}, 422),
-                  ({"prompt": "answers", "question": "q", "context": 5}, 422)]
+                  ({"prompt": "answers", "question": "q", "context": 5}, 422),
+                  ({"prompt": "broken", **REQUESTS["answers"]}, 503)]
         with ThreadPoolExecutor(len(burst)) as pool:
             results = list(pool.map(lambda case: server.predict(case[0]), burst))
         sizes = []
@@ -223,7 +227,7 @@ def test_server_answers_mixed_bursts_and_bad_requests_and_hot_loads(exported, ti
                 assert answer[key] == (pytest.approx(value, abs=1e-5) if key == "score" and value else value), key
         assert max(sizes) > 1  # LitServe batched requests for different prompts together
         status, answer = server.predict({"prompt": "nope", "text": "x"})
-        assert status == 404 and "known: answers, cloze, deep, entities, sentiment, sentiment_b" in answer["detail"]
+        assert status == 404 and "known: answers, broken, cloze, deep, entities, sentiment, sentiment_b" in answer["detail"]
         status, answer = server.predict({"prompt": "sentiment", "text": "x", "num_beams": "two"})
         assert status == 422 and answer["detail"].startswith("num_beams")
         assert server.predict(b"not json")[0] == 422
