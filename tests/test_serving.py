@@ -143,7 +143,13 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lit_prompts", "serve", "--config", str(config), f"--port={self.port}"],
             cwd=config.parent, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
+        try:
+            self.wait_until_healthy(deadline=time.time() + 120)
+        except BaseException:
+            self.stop()  # never leave a server behind
+            raise
+
+    def wait_until_healthy(self, deadline: float) -> None:
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.stdout.read().decode()[-3000:]}")
@@ -153,7 +159,6 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.5)
-        self.stop()
         raise TimeoutError("the server did not become healthy in 120 s")
 
     def call(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, dict]:
@@ -174,11 +179,17 @@ class Server:
         return self.call("POST", "/predict", body)
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGINT)  # the whole group: LitServe's workers and HTTP servers
+        """SIGINT to the whole process group (LitServe's workers, manager and HTTP servers), then SIGKILL to
+        whatever is left of it."""
         try:
+            os.killpg(self.process.pid, signal.SIGINT)
             self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+        try:
             os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def parsed(body: bytes):
