@@ -179,10 +179,10 @@ class Server:
         return self.call("POST", "/predict", body)
 
     def stop(self) -> None:
-        """SIGINT to the whole process group (LitServe's workers, manager and HTTP servers), then SIGKILL to
+        """SIGTERM to the whole process group (LitServe's workers, manager and HTTP servers), then SIGKILL to
         whatever is left of it."""
         try:
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
         except (subprocess.TimeoutExpired, ProcessLookupError):
             pass

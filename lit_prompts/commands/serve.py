@@ -10,7 +10,8 @@ backbone, with LitServe (extra ``serve``).
 
 Routes: ``POST /predict`` ({"prompt": name, ...task fields}), ``GET /prompts``, ``GET /health``
 (200 once the prompts are loaded), ``POST /admin/prompts`` and ``DELETE /admin/prompts/{name}``
-(token from ``$LIT_PROMPTS_ADMIN_TOKEN``).
+(token from ``$LIT_PROMPTS_ADMIN_TOKEN``); with ``openai: true`` also ``POST /v1/chat/completions``
+(OpenAI's chat format, ``model`` naming a text-to-text prompt: ``lit_prompts.serving.openai``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class ServeSettings:
         host: address to listen on (``127.0.0.1``, ``0.0.0.0`` or ``::``).
         port: TCP port.
         admin_token_env: environment variable holding the admin token (unset: no admin routes).
+        openai: also serve ``POST /v1/chat/completions`` (OpenAI's chat format) for the text-to-text
+            prompts, ``model`` naming one. LitServe runs each API in worker processes of its own, so the
+            chat route's workers (``workers_per_device`` of them) hold their own copy of the backbone,
+            beside the ``/predict`` workers'; they answer one request at a time.
     """
 
     backbone: str
@@ -53,6 +58,7 @@ class ServeSettings:
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     port: int = 8000
     admin_token_env: str = "LIT_PROMPTS_ADMIN_TOKEN"
+    openai: bool = False
 
 
 def parser() -> ArgumentParser:
@@ -82,7 +88,12 @@ def serve(settings: ServeSettings) -> None:
     state = multiprocessing.Manager().dict(entries=entries, version=0, described={}, errors={}, backbone=None)
     api = PromptServingAPI(asdict(settings), state, max_batch_size=settings.max_batch_size,
                            batch_timeout=settings.batch_timeout)
-    server = ls.LitServer(api, accelerator=settings.accelerator, workers_per_device=settings.workers_per_device,
+    apis = [api]
+    if settings.openai:
+        from ..serving.openai import ChatAPI
+
+        apis.append(ChatAPI(asdict(settings), state))
+    server = ls.LitServer(apis, accelerator=settings.accelerator, workers_per_device=settings.workers_per_device,
                           timeout=settings.timeout)
     add_routes(server.app, state, settings.admin_token_env)
     server.run(host=settings.host, port=settings.port, generate_client_file=False, log_level="warning",

@@ -21,6 +21,65 @@ from .endpoint import PromptEndpoint, RequestError
 OPTIONS = {"all_scores": bool, "max_new_tokens": int, "num_beams": int}
 
 
+class ServedPrompts:
+    """The prompts one inference worker holds, kept in line with the shared ``state``'s entries: what
+    every LitAPI of the server loads its prompts with (``PromptServingAPI``, ``openai.ChatAPI``).
+
+    ``settings``: the serve config as plain values; ``wanted(name, entry)``: whether this worker loads an
+    entry at all (default: every one); ``report``: whether it writes what it loaded (descriptions, load
+    errors, the backbone's fingerprint) back into ``state``, which ``GET /prompts`` and the admin routes
+    read (the ``/predict`` workers do; a worker serving a subset of the prompts does not)."""
+
+    def __init__(self, settings: dict, state, device, wanted=None, report: bool = True):
+        self.settings, self.state, self.device = settings, state, device
+        self.wanted, self.report = wanted, report
+        self.backbones: dict = {}  # one backbone object per form, shared by every prompt (shared_backbones)
+        self.endpoints: dict[str, PromptEndpoint] = {}
+        self.loaded: dict[str, dict] = {}  # name -> the entry it was loaded from
+        self.errors: dict[str, str] = {}  # name -> why it could not be loaded (this worker's own view)
+        self.version = None
+
+    def sync(self) -> None:
+        """Load the entries added or changed since the last call, drop those removed or changed."""
+        version = self.state["version"]
+        if version == self.version:
+            return
+        entries = dict(self.state["entries"])
+        if self.wanted is not None:
+            entries = {n: e for n, e in entries.items() if self.wanted(n, e)}
+        for name in [n for n in self.endpoints if entries.get(n) != self.loaded.get(n)]:
+            del self.endpoints[name], self.loaded[name]
+        self.errors = {n: e for n, e in self.errors.items() if n in entries}
+        described, errors = (dict(self.state["described"]), dict(self.state["errors"])) if self.report else ({}, {})
+        for name, entry in entries.items():
+            if name in self.endpoints:
+                continue
+            try:
+                self.endpoints[name] = self.load(name, entry)
+                self.loaded[name] = entry
+                described[name] = self.endpoints[name].describe()
+                errors.pop(name, None)
+                self.errors.pop(name, None)
+            except Exception as error:  # a prompt that cannot be loaded is reported, the others served
+                errors[name] = self.errors[name] = f"{type(error).__name__}: {error}"
+                described.pop(name, None)
+        if self.report:
+            for name in set(described) - set(entries):
+                described.pop(name)
+            self.state["described"] = described
+            self.state["errors"] = {n: e for n, e in errors.items() if n in entries}
+            if self.endpoints:
+                self.state["backbone"] = next(iter(self.endpoints.values())).method.fingerprint
+        self.version = version
+
+    def load(self, name: str, entry: dict) -> PromptEndpoint:
+        overrides = {"backbone": self.settings["backbone"], "backbone_dtype": self.settings["backbone_dtype"]}
+        with shared_backbones(self.backbones):
+            method = load(entry["source"], revision=entry.get("revision"), **overrides)
+        method = method.to(self.device).eval()
+        return PromptEndpoint(name, method, entry.get("data"), source=entry["source"])
+
+
 class PromptServingAPI(ls.LitAPI):
     """``settings``: the serve config as plain values (backbone, backbone_dtype...); ``state``: the
     shared dict described in the module docstring."""
@@ -31,45 +90,8 @@ class PromptServingAPI(ls.LitAPI):
 
     def setup(self, device) -> None:
         self.device = device
-        self.backbones: dict = {}  # one backbone object per form, shared by every prompt (shared_backbones)
-        self.endpoints: dict[str, PromptEndpoint] = {}
-        self.loaded: dict[str, dict] = {}  # name -> the entry it was loaded from
-        self.version = None
-        self.sync()
-
-    # --- prompts in line with the shared entries --------------------------------------------------------
-    def sync(self) -> None:
-        version = self.state["version"]
-        if version == self.version:
-            return
-        entries = dict(self.state["entries"])
-        for name in [n for n in self.endpoints if entries.get(n) != self.loaded.get(n)]:
-            del self.endpoints[name], self.loaded[name]
-        described, errors = dict(self.state["described"]), dict(self.state["errors"])
-        for name, entry in entries.items():
-            if name in self.endpoints:
-                continue
-            try:
-                self.endpoints[name] = self.load(name, entry)
-                self.loaded[name] = entry
-                described[name] = self.endpoints[name].describe()
-                errors.pop(name, None)
-            except Exception as error:  # a prompt that cannot be loaded is reported, the others served
-                errors[name] = f"{type(error).__name__}: {error}"
-                described.pop(name, None)
-        for name in set(described) - set(entries):
-            described.pop(name)
-        self.state["described"], self.state["errors"] = described, {n: e for n, e in errors.items() if n in entries}
-        if self.endpoints:
-            self.state["backbone"] = next(iter(self.endpoints.values())).method.fingerprint
-        self.version = version
-
-    def load(self, name: str, entry: dict) -> PromptEndpoint:
-        overrides = {"backbone": self.settings["backbone"], "backbone_dtype": self.settings["backbone_dtype"]}
-        with shared_backbones(self.backbones):
-            method = load(entry["source"], revision=entry.get("revision"), **overrides)
-        method = method.to(self.device).eval()
-        return PromptEndpoint(name, method, entry.get("data"), source=entry["source"])
+        self.prompts = ServedPrompts(self.settings, self.state, device)
+        self.prompts.sync()
 
     # --- requests -----------------------------------------------------------------------------------------
     def decode_request(self, request: dict):
@@ -99,13 +121,13 @@ class PromptServingAPI(ls.LitAPI):
     def predict(self, requests):
         if not isinstance(requests, list):  # max_batch_size 1: LitServe hands over one request
             return self.predict([requests])[0]
-        self.sync()
+        self.prompts.sync()
         answers: list = list(requests)  # decode errors pass through in place
         items, where = [], []
         for i, request in enumerate(requests):
             if isinstance(request, Exception):
                 continue
-            endpoint = self.endpoints.get(request["prompt"])
+            endpoint = self.prompts.endpoints.get(request["prompt"])
             if endpoint is None:
                 error = self.state["errors"].get(request["prompt"], "it was unloaded")
                 answers[i] = HTTPException(503 if request["prompt"] in self.state["entries"] else 404,

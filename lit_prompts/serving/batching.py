@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 
 from ..library import joins
 from ..prompted import WithHiddenStates
@@ -37,7 +38,8 @@ def answer_batch(items: list[Item]) -> tuple[list[dict | Exception], int]:
         generation = (item.options.get("max_new_tokens"), item.options.get("num_beams"))
         groups.setdefault((item.endpoint.name, *generation), []).append(i)
     answers: list = [None] * len(items)
-    batches = {key: items[rows[0]].endpoint.collate([items[i].feature for i in rows]) for key, rows in groups.items()}
+    batches = {key: move_data_to_device(items[rows[0]].endpoint.collate([items[i].feature for i in rows]),
+                                        items[rows[0]].endpoint.method.device) for key, rows in groups.items()}
     runs = {key: method_run(items[rows[0]].endpoint) for key, rows in groups.items()}
     calls = share_hidden_states(items, groups, batches, runs)
     for key, rows in groups.items():
