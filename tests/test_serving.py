@@ -297,3 +297,18 @@ def test_prompts_of_any_lengths_and_placements_share_one_call(arch, tiny_backbon
             alone = method.backbone.hidden_states(batch, *method.prompted(method.default_task).prompt_for(batch))
             real = batch["attention_mask"].bool()
             torch.testing.assert_close(joined[real], alone[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--config", "/nonexistent/serve.yaml"], "File does not exist: '/nonexistent/serve.yaml'"),
+    (["--backbone", "x", "--port", "abc"], 'Parser key "port": Expected a <class \'int\'>. Got value: abc'),
+    (["--backbone", "x", "--max_batch_size", "0"], "max_batch_size=0 and workers_per_device=1 must be >= 1"),
+])
+def test_serve_settings_errors_are_one_line(args, expected, capsys):
+    from lit_prompts.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", *args])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err

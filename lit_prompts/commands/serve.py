@@ -17,8 +17,10 @@ Routes: ``POST /predict`` ({"prompt": name, ...task fields}), ``GET /prompts``, 
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
+import signal
+from argparse import ArgumentError
 from dataclasses import asdict, dataclass, field
+from multiprocessing.managers import SyncManager
 from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -71,7 +73,11 @@ def parser() -> ArgumentParser:
 def main(args: list[str]) -> None:
     if importlib.util.find_spec("litserve") is None:
         raise ImportError("serve needs LitServe: pip install 'lit-prompts[serve]'")
-    settings = ServeSettings(**{k: v for k, v in vars(parser().parse_args(args)).items() if k != "config"})
+    try:
+        parsed = parser().parse_args(args)
+    except ArgumentError as error:  # jsonargparse's report, as one line
+        raise ValueError(" ".join(str(error).split())) from None
+    settings = ServeSettings(**{k: v for k, v in vars(parsed).items() if k != "config"})
     serve(settings)
 
 
@@ -85,7 +91,7 @@ def serve(settings: ServeSettings) -> None:
         raise ValueError(f"max_batch_size={settings.max_batch_size} and workers_per_device="
                          f"{settings.workers_per_device} must be >= 1, and 0 < batch_timeout < timeout")
     entries = {name: entry_of(name, value) for name, value in settings.prompts.items()}
-    state = multiprocessing.Manager().dict(entries=entries, version=0, described={}, errors={}, backbone=None)
+    state = shared_state_manager().dict(entries=entries, version=0, described={}, errors={}, backbone=None)
     api = PromptServingAPI(asdict(settings), state, max_batch_size=settings.max_batch_size,
                            batch_timeout=settings.batch_timeout)
     apis = [api]
@@ -98,3 +104,12 @@ def serve(settings: ServeSettings) -> None:
     add_routes(server.app, state, settings.admin_token_env)
     server.run(host=settings.host, port=settings.port, generate_client_file=False, log_level="warning",
                num_api_servers=1)
+
+
+def shared_state_manager():
+    """The process holding the state the HTTP routes and the workers share. It ignores SIGINT: Ctrl-C
+    reaches the whole process group, and LitServe shuts its processes down through this state's
+    readers, which must still be answered then."""
+    manager = SyncManager()
+    manager.start(initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    return manager
