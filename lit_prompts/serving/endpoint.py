@@ -18,6 +18,9 @@ TASK_FIELDS = {"classification": ("text",), "ner": ("text",), "qa": ("question",
 DATA_SETTINGS = ("template", "target_template", "verbalizer", "max_length", "stride", "text_pair_column")
 
 
+TOKENIZERS: dict[tuple, object] = {}  # (backbone, tokenizer options) -> the tokenizer this process loaded
+
+
 class RequestError(ValueError):
     """A request this prompt cannot answer; ``field`` names the offending field (HTTP 422)."""
 
@@ -48,6 +51,12 @@ class PromptEndpoint:
         self.task, self.task_format = h.task, h.task_format
         self.data = PromptDataModule(backbone=h.backbone, task=h.task, task_format=h.task_format,
                                      label_names=h.label_names, cache=False, **(data or {}))
+        # Prompts of one backbone read text with one tokenizer (per tokenizer options): ~10 MB each otherwise.
+        key = (h.backbone, tuple(sorted(self.data.task_data.tokenizer_options(h.task_format).items())))
+        if key in TOKENIZERS:
+            self.data.tokenizer = TOKENIZERS[key]
+        else:
+            TOKENIZERS[key] = self.data.tokenizer
         self.collate = self.data.collator(train=False)
         self.max_length = self.data.hparams.max_length
 
