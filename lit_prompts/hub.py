@@ -11,14 +11,13 @@ notebook cell, a test), it still keeps lit_prompts off the network.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from math import prod
 from pathlib import Path
 
 from .backbone import looks_like_path
-from .safe_reading import SETTINGS_FILE, read_prompt_folder
+from .safe_reading import SETTINGS_FILE, read_json_object, read_prompt_folder
 
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's, written beside prompt.json by a PEFT-format export
 CARD_FILE = "README.md"
@@ -299,16 +298,6 @@ def _backbone_version(fingerprint: dict) -> str:
     return "version not recorded"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(content, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return content
-
-
 def write_model_card(folder: str | Path, license: str | None = None, repo_id: str | None = None) -> Path:
     """Write ``folder/README.md``, the model card of the prompt exported there (its ``prompt.json``, and
     ``adapter_config.json`` when it is also a PEFT adapter); returns its path."""
@@ -317,9 +306,9 @@ def write_model_card(folder: str | Path, license: str | None = None, repo_id: st
     if not settings_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {SETTINGS_FILE}: export a prompt there first")
     adapter = folder / ADAPTER_CONFIG
-    peft_config = _read_json(adapter) if adapter.is_file() else None
+    peft_config = read_json_object(adapter) if adapter.is_file() else None
     card = folder / CARD_FILE
-    card.write_text(model_card(_read_json(settings_path), license, peft_config, repo_id), encoding="utf-8")
+    card.write_text(model_card(read_json_object(settings_path), license, peft_config, repo_id), encoding="utf-8")
     return card
 
 

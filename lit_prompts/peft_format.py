@@ -22,11 +22,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from .safe_reading import nonfinite_names
+from .safe_reading import nonfinite_names, read_json_object, read_safetensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -144,12 +143,7 @@ def read_adapter(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
     config_path, weights_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} is not a PEFT adapter: {ADAPTER_CONFIG} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object")
+    config = read_json_object(config_path)
     kind = config.get("peft_type")
     if kind not in PROMPT_TYPES:
         raise ValueError(f"{config_path}: peft_type {kind!r} is not a prompt method lit_prompts can import (it imports "
@@ -161,10 +155,7 @@ def read_adapter(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
         pickled = " (only adapter_model.bin, a pickle, which is not read: convert it to safetensors)" \
             if (folder / "adapter_model.bin").is_file() else ""
         raise FileNotFoundError(f"{folder}: {ADAPTER_WEIGHTS} is missing{pickled}")
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{weights_path} cannot be read (truncated or not a safetensors file): {error}") from None
+    tensors = read_safetensors(weights_path)
     expected = expected_shapes(config)
     found = {k: list(v.shape) for k, v in tensors.items() if k in expected}
     if found != expected:

@@ -60,6 +60,26 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def read_json_object(path: Path, fields: list[str] | None = None) -> dict:
+    """A JSON file holding an object; bad text or another JSON value is refused naming the file (and,
+    given ``fields``, what the object should hold)."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must hold a JSON object" + (f" with the fields {fields}" if fields else ""))
+    return content
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (which holds no code); a truncated or foreign file is refused naming it."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read (truncated or not a safetensors file): {error}") from None
+
+
 def read_prompt_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The settings (``prompt.json``) and tensors (``prompt.safetensors``) of an exported prompt,
     checked against each other: the tensors' names, shapes and checksum must be those the settings
@@ -69,20 +89,12 @@ def read_prompt_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor
     for path in (settings_path, tensors_path):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not an exported prompt: {path.name} is missing")
-    try:
-        settings = json.loads(settings_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{settings_path} is not valid JSON: {error}") from None
     expected = {"class_path": str, "init_args": dict, "backbone": dict, "tensors": dict}
-    if not isinstance(settings, dict):
-        raise ValueError(f"{settings_path} must hold a JSON object with the fields {sorted(expected)}")
+    settings = read_json_object(settings_path, sorted(expected))
     for field, kind in expected.items():
         if not isinstance(settings.get(field), kind):
             raise ValueError(f"{settings_path}: field {field!r} is missing or not a JSON {kind.__name__}")
-    try:
-        tensors = load_file(tensors_path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{tensors_path} cannot be read (truncated or not a safetensors file): {error}") from None
+    tensors = read_safetensors(tensors_path)
     shapes = {name: list(tensor.shape) for name, tensor in tensors.items()}
     if shapes != settings["tensors"]:
         raise ValueError(
