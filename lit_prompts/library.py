@@ -16,8 +16,7 @@ from torch import nn
 from .backbone import shared_backbones
 from .contexts import build_outside_cli
 from .loading import load
-from .prompted import WithHiddenStates
-from .prompted_backbone import PromptsDoNotJoin
+from .prompted import share_hidden_states
 
 
 def _load_sharing_backbone(prompts: dict[str, str], backbone: str, trust_code: bool) -> dict:
@@ -57,15 +56,7 @@ class PromptLibrary(LightningModule):
         if unknown:
             raise KeyError(f"no prompt for task {unknown[0]!r}; the library holds {list(self.methods)}")
         runs = {task: self.methods[task].prompted(self.methods[task].default_task) for task in batch["task_batches"]}
-        shared = [task for task in runs if joins(self.methods[task])]
-        if len(shared) > 1:
-            parts = [(batch["task_batches"][task], *runs[task].prompt_for(batch["task_batches"][task])) for task in shared]
-            try:
-                hidden = self.methods[shared[0]].backbone.hidden_states_together(parts)
-            except PromptsDoNotJoin:  # prompts placed in templates: one call per task
-                hidden = []
-            for task, states in zip(shared, hidden):
-                runs[task] = WithHiddenStates(runs[task], batch["task_batches"][task], states)
+        share_hidden_states(runs, batch["task_batches"], [task for task in runs if joins(self.methods[task])])
         rows: dict[int, dict] = {}
         for task, sub_batch in batch["task_batches"].items():
             method = self.methods[task]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .methods.base import PromptOutput
-from .prompted_backbone import PromptedBackbone
+from .prompted_backbone import PromptedBackbone, PromptsDoNotJoin
 
 
 class Prompted:
@@ -61,3 +61,19 @@ class WithHiddenStates(Prompted):
 
     def hidden_states(self, batch: dict) -> Tensor:
         return self.hidden if batch is self.batch else super().hidden_states(batch)
+
+
+def share_hidden_states(runs: dict, batches: dict, keys: list) -> bool:
+    """Run the sub-batches ``batches[k]`` of ``keys`` (whose formats read hidden states) in one backbone
+    call, each row with its own prompt (``PromptedBackbone.hidden_states_together``); ``runs[k]`` then
+    carries its hidden states. False (nothing changed) for fewer than two, or prompts placed in templates."""
+    if len(keys) < 2:
+        return False
+    backbone = runs[keys[0]].backbone
+    try:
+        hidden = backbone.hidden_states_together([(batches[k], *runs[k].prompt_for(batches[k])) for k in keys])
+    except PromptsDoNotJoin:  # prompts placed in a template's [P:n] positions: one call per part
+        return False
+    for k, states in zip(keys, hidden):
+        runs[k] = WithHiddenStates(runs[k], batches[k], states)
+    return True

@@ -14,8 +14,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 
 from ..library import joins
-from ..prompted import WithHiddenStates
-from ..prompted_backbone import PromptsDoNotJoin
+from ..prompted import WithHiddenStates, share_hidden_states
 from .endpoint import PromptEndpoint
 
 
@@ -41,7 +40,8 @@ def answer_batch(items: list[Item]) -> tuple[list[dict | Exception], int]:
     batches = {key: move_data_to_device(items[rows[0]].endpoint.collate([items[i].feature for i in rows]),
                                         items[rows[0]].endpoint.method.device) for key, rows in groups.items()}
     runs = {key: method_run(items[rows[0]].endpoint) for key, rows in groups.items()}
-    calls = share_hidden_states(items, groups, batches, runs)
+    shared = [key for key, rows in groups.items() if joins(items[rows[0]].endpoint.method)]
+    calls = int(share_hidden_states(runs, batches, shared))
     for key, rows in groups.items():
         endpoint = items[rows[0]].endpoint
         try:
@@ -57,22 +57,6 @@ def answer_batch(items: list[Item]) -> tuple[list[dict | Exception], int]:
 def method_run(endpoint: PromptEndpoint):
     method = endpoint.method
     return method.prompted(method.default_task)
-
-
-def share_hidden_states(items, groups, batches, runs) -> int:
-    """One forward pass for every group whose format reads hidden states (prompts of any lengths and
-    placements join: ``hidden_states_together``); those runs then carry their hidden states."""
-    shared = [key for key, rows in groups.items() if joins(items[rows[0]].endpoint.method)]
-    if len(shared) < 2:
-        return 0
-    backbone = items[groups[shared[0]][0]].endpoint.method.backbone
-    try:
-        hidden = backbone.hidden_states_together([(batches[key], *runs[key].prompt_for(batches[key])) for key in shared])
-    except PromptsDoNotJoin:  # prompts placed in templates: one call per prompt
-        return 0
-    for key, states in zip(shared, hidden):
-        runs[key] = WithHiddenStates(runs[key], batches[key], states)
-    return 1
 
 
 def predict(endpoint: PromptEndpoint, run, batch: dict, options: dict) -> list[dict]:

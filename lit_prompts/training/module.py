@@ -22,8 +22,8 @@ from transformers import get_scheduler
 
 from ..formats import BACKBONE_FORMS, Task, TaskFormat
 from ..methods.base import NoPrompt
-from ..prompted import Prompted, WithHiddenStates
-from ..prompted_backbone import PromptedBackbone, PromptsDoNotJoin
+from ..prompted import Prompted, share_hidden_states
+from ..prompted_backbone import PromptedBackbone
 from ..sharding import builds_on_meta, is_sharded, shard_method, unsharded_class
 from ..tasks import build_format
 from ..tasks.classification import Pooling
@@ -259,15 +259,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         """A batch mixing tasks (``task_batches``, ``positions``): the tasks whose formats read hidden
         states share one backbone call with per-row prompts; rows come back in input order."""
         runs = {task: self.prompted(self.task_of({"task": task})) for task in batch["task_batches"]}
-        shared = [t for t in runs if self.formats[t].reads == "hidden"]
-        if len(shared) > 1:
-            parts = [(batch["task_batches"][t], *runs[t].prompt_for(batch["task_batches"][t])) for t in shared]
-            try:
-                hidden = self.backbone.hidden_states_together(parts)
-            except PromptsDoNotJoin:
-                hidden = None  # e.g. prompts of different lengths: one call per task
-            for t, h in zip(shared, hidden or ()):
-                runs[t] = WithHiddenStates(runs[t], batch["task_batches"][t], h)
+        share_hidden_states(runs, batch["task_batches"], [t for t in runs if self.formats[t].reads == "hidden"])
         rows = {}
         for task, sub_batch in batch["task_batches"].items():
             for position, row in zip(batch["positions"][task], self.formats[task].predict(runs[task], sub_batch)):
