@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .methods.base import PromptOutput
-from .prompted_backbone import PromptedBackbone, PromptsDoNotJoin
+from .prompted_backbone import PromptedBackbone
 
 
 class Prompted:
@@ -63,17 +63,46 @@ class WithHiddenStates(Prompted):
         return self.hidden if batch is self.batch else super().hidden_states(batch)
 
 
-def share_hidden_states(runs: dict, batches: dict, keys: list) -> bool:
+def share_hidden_states(runs: dict, batches: dict, keys: list, call_cost: float | None = None) -> int:
     """Run the sub-batches ``batches[k]`` of ``keys`` (whose formats read hidden states) in one backbone
     call, each row with its own prompt (``PromptedBackbone.hidden_states_together``); ``runs[k]`` then
-    carries its hidden states. False (nothing changed) for fewer than two, or prompts placed in templates."""
-    if len(keys) < 2:
-        return False
+    carries its hidden states. Returns the number of calls made: 0 (nothing changed) for fewer than
+    two sub-batches, or prompts placed in templates.
+
+    A joined call pads every row to the widest (prompt + text) of the call. With ``call_cost`` (a
+    call's fixed cost in padded positions, ``scripts/bench_call_cost.py`` measures it), sub-batches
+    of very different widths (short reviews beside long QA contexts) split into calls by width where
+    the padding saved outweighs the cost of the extra calls."""
+    if len(keys) < 2 or any("virtual_index" in batches[k] for k in keys):  # [P:n] templates run alone
+        return 0
+    prompted = {k: runs[k].prompt_for(batches[k]) for k in keys}
+    sizes = {k: tuple(batches[k]["input_ids"].shape) for k in keys}
+    widths = {k: prompted[k][0].prepended + sizes[k][1] for k in keys}
     backbone = runs[keys[0]].backbone
-    try:
-        hidden = backbone.hidden_states_together([(batches[k], *runs[k].prompt_for(batches[k])) for k in keys])
-    except PromptsDoNotJoin:  # prompts placed in a template's [P:n] positions: one call per part
-        return False
-    for k, states in zip(keys, hidden):
-        runs[k] = WithHiddenStates(runs[k], batches[k], states)
-    return True
+    groups = [keys] if call_cost is None else width_groups({k: (sizes[k][0], widths[k]) for k in keys}, call_cost)
+    for group in groups:
+        hidden = backbone.hidden_states_together([(batches[k], *prompted[k]) for k in group])
+        for k, states in zip(group, hidden):
+            runs[k] = WithHiddenStates(runs[k], batches[k], states)
+    return len(groups)
+
+
+def width_groups(parts: dict, call_cost: float) -> list[list]:
+    """Split parts ``{key: (rows, width)}`` into calls minimising the padded positions (each call's rows
+    times its widest row) plus ``call_cost`` per call. Sorted by width, an optimal split takes
+    consecutive runs, found by dynamic programming over the (few) parts."""
+    order = sorted(parts, key=lambda k: parts[k][1], reverse=True)
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j parts
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        rows = 0
+        for i in range(j - 1, -1, -1):  # the last call holds order[i:j]; its widest is order[i]
+            rows += parts[order[i]][0]
+            cost = best[i] + rows * parts[order[i]][1] + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(order)
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]

@@ -232,39 +232,35 @@ class PromptedBackbone(nn.Module):
         """``hidden_states`` of several batches (e.g. of different tasks or prompts) in one forward pass,
         each row with its own prompt, each part's hidden states as its own call would give them.
 
-        Rows are laid out as they would be alone, then padded on the tokenizer's padding side: the text
-        on its own to the longest text; prompt and text to the widest prompt (right-padded encoders
-        keep their positions 0..P+T-1 and gain padding after the text; left-padded decoders gain it in
-        front and count positions over real tokens). Layer prompts of other lengths (or none) are padded
-        to the longest with key/value columns the padded rows do not see."""
+        Each row is laid out as it would be alone (its prompt, then its part's text) and padded on the
+        side the data pads to the longest of these: right-padded encoders keep their positions
+        0..P+T-1 and gain padding after the text; left-padded decoders gain it in front and count
+        positions over real tokens. Layer prompts of other lengths (or none) are padded to the longest
+        with key/value columns the padded rows do not see."""
         if any("virtual_index" in inputs for inputs, _, _ in parts):
             raise PromptsDoNotJoin("prompts placed in a template's [P:n] positions run one batch at a time")
-        lengths = [inputs["input_ids"].shape[1] for inputs, _, _ in parts]
         # The side the data pads on: decoders on the left (generation continues the text), others on the right.
-        longest, left = max(lengths), self.facts.is_decoder_only
+        left = self.facts.is_decoder_only
+        width = max(prompt.prepended + inputs["input_ids"].shape[1] for inputs, prompt, _ in parts)
 
-        def pad(t: Tensor, width: int, value) -> Tensor:
+        def pad(t: Tensor, value) -> Tensor:
             filler = t.new_full((t.shape[0], width - t.shape[1], *t.shape[2:]), value)
             return torch.cat([filler, t] if left else [t, filler], dim=1)
 
-        prompts = [prompt for _, prompt, _ in parts]
-        widest = max(prompt.prepended for prompt in prompts)
-        rows: dict[str, list[Tensor]] = {"embeds": [], "mask": [], "types": [], "offsets": []}
         typed = all("token_type_ids" in inputs for inputs, _, _ in parts)
+        rows: dict[str, list[Tensor]] = {"embeds": [], "mask": [], "types": []}
         for inputs, prompt, embeds in parts:
             embeds = embeds if embeds is not None else self.model.get_input_embeddings()(inputs["input_ids"])
-            embeds, mask = pad(embeds, longest, 0.0), pad(inputs["attention_mask"], longest, 0)
+            mask, types = inputs["attention_mask"], inputs.get("token_type_ids")
             b, shift = embeds.shape[0], prompt.prepended
-            types = pad(inputs["token_type_ids"], longest, 0) if typed else None
             if shift:
                 embeds = torch.cat([prompt.prepend_rows(b).to(embeds.dtype), embeds], dim=1)
                 mask = torch.cat([mask.new_ones(b, shift), mask], dim=1)
                 types = torch.cat([types.new_zeros(b, shift), types], dim=1) if typed else None
-            rows["embeds"].append(pad(embeds, widest + longest, 0.0))
-            rows["mask"].append(pad(mask, widest + longest, 0))
+            rows["embeds"].append(pad(embeds, 0.0))
+            rows["mask"].append(pad(mask, 0))
             if typed:
-                rows["types"].append(pad(types, widest + longest, 0))
-            rows["offsets"].append(torch.full((b,), widest if left else shift, dtype=torch.long))
+                rows["types"].append(pad(types, 0))
         mask = torch.cat(rows["mask"])
         kwargs = {"inputs_embeds": torch.cat(rows["embeds"]), "attention_mask": mask}
         if typed:
@@ -272,16 +268,14 @@ class PromptedBackbone(nn.Module):
         if self.facts.is_decoder_only:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
             kwargs["use_cache"] = False
+        prompts = [prompt for _, prompt, _ in parts]
         self.install_layers(join_layer_prompts(prompts, [inputs["input_ids"].shape[0] for inputs, _, _ in parts], self))
         hidden = self.model(**kwargs).last_hidden_state
-        starts = torch.cat(rows["offsets"]).to(hidden.device)
-        where = (starts[:, None] + torch.arange(longest, device=hidden.device))[..., None].expand(-1, -1, hidden.shape[-1])
-        text = hidden.gather(1, where)  # each row's text positions, [B, longest, H]
         out, row = [], 0
-        for (inputs, _, _), length in zip(parts, lengths):
-            size = inputs["input_ids"].shape[0]
-            rows_of_part = text[row: row + size]
-            out.append(rows_of_part[:, longest - length:] if left else rows_of_part[:, :length])
+        for inputs, prompt, _ in parts:  # each part's text positions
+            size, length = inputs["input_ids"].shape
+            start = width - length if left else prompt.prepended
+            out.append(hidden[row: row + size, start: start + length])
             row += size
         return out
 

@@ -196,9 +196,9 @@ class Server:
 
     def __init__(self, folder: Path, name: str, backbone: str, entries: dict, args):
         self.name, self.port = name, free_port()
-        config = {"backbone": backbone, "prompts": entries, "accelerator": "cpu", "workers_per_device": 1,
+        config = {"backbone": backbone, "prompts": entries, "accelerator": args.accelerator, "workers_per_device": 1,
                   "max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout, "timeout": 60.0,
-                  "host": "127.0.0.1", "port": self.port}
+                  "host": "127.0.0.1", "port": self.port, "call_cost": args.call_cost}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "serve.json").write_text(json.dumps(config, indent=1))
         self.log_path = folder / "server.log"
@@ -405,13 +405,13 @@ def load_probe(spec_path: Path) -> None:
         answer_batch(mixed[i: i + 16])
     stages[f"+ {len(mixed)} mixed requests answered (batches of 16)"] = own_memory()
 
-    def ms_per_request(batches: list[list]) -> float:
+    def ms_per_request(batches: list[list], call_cost=spec["call_cost"]) -> float:
         """Best of 3 passes of answer_batch over the batches (encoding excluded)."""
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
             for batch in batches:
-                answer_batch(batch)
+                answer_batch(batch, call_cost)
             best = min(best, time.perf_counter() - start)
         return round(best / sum(len(b) for b in batches) * 1000, 2)
 
@@ -419,8 +419,10 @@ def load_probe(spec_path: Path) -> None:
     by_prompt = {name: [it for it in mixed if it.endpoint.name == name] for name in endpoints}
     compute = {  # what the worker's answer_batch costs, without HTTP, LitServe or concurrent clients
         f"{spec['single']} only, batches of 8": ms_per_request([single[i: i + 8] for i in range(0, len(single), 8)]),
-        "8 prompts mixed, batches of 8 (joined: as served)": ms_per_request(
+        f"8 prompts mixed, batches of 8 (joined: as served, call_cost {spec['call_cost']})": ms_per_request(
             [mixed[i: i + 8] for i in range(0, len(mixed), 8)]),
+        "the same batches joined in one call (call_cost null)": ms_per_request(
+            [mixed[i: i + 8] for i in range(0, len(mixed), 8)], None),
         "the same batches split by prompt (one call per prompt)": ms_per_request(
             [[it for it in mixed[i: i + 8] if it.endpoint.name == name] for i in range(0, len(mixed), 8)
              for name in endpoints if any(it.endpoint.name == name for it in mixed[i: i + 8])]),
@@ -436,6 +438,7 @@ def load_memory(backbone: str, entries: dict, folder: Path, args) -> dict:
     bodies = [(n, b.decode()) for n, b in request_bodies(list(entries), 64, 7)]
     single = [(n, b.decode()) for n, b in request_bodies([SINGLE], 64, 8)]
     spec.write_text(json.dumps({"backbone": backbone, "entries": entries, "bodies": bodies, "single": SINGLE,
+                                "call_cost": args.call_cost,
                                 "single_bodies": single}))
     out = subprocess.run([sys.executable, __file__, "--load-probe", str(spec)], capture_output=True, text=True,
                          env=server_env(args), timeout=600)
@@ -590,6 +593,8 @@ def run_configuration(label: str, servers_spec: list[tuple[str, dict]], route: d
         phase = closed_loop(request_bodies(names, args.requests, args.seed), ports, args.clients, args.time_limit)
         summary = summarize(phase)
         summary["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        if len(names) > 1 and args.per_prompt_requests:
+            summary["alone"] = prompts_alone(names, ports, args)
         time.sleep(0.5)
         memory = [tree_memory(s) for s in servers]
     finally:
@@ -619,6 +624,22 @@ def run_configuration(label: str, servers_spec: list[tuple[str, dict]], route: d
     if summary["errors"]:
         print(f"   errors: {summary['errors']}, e.g. {summary['error_samples']}")
     return summary
+
+
+def prompts_alone(names: list[str], ports: dict[str, int], args) -> dict:
+    """Each prompt's throughput when the same server gets traffic for that prompt only, and what the
+    mixed stream would reach if each request cost what it costs alone: requests cycle evenly over the
+    prompts, so that is the harmonic mean of the prompts' throughputs."""
+    alone = {}
+    for i, name in enumerate(names):
+        phase = closed_loop(request_bodies([name], args.per_prompt_requests, args.seed + 1 + i), ports, args.clients,
+                            args.time_limit)
+        alone[name] = summarize(phase)["throughput_rps"]
+    mixed_equivalent = len(names) / sum(1 / t for t in alone.values())
+    print(f"   each prompt alone on this server, req/s: "
+          f"{', '.join(f'{n} {t:.1f}' for n, t in alone.items())}; as a mix (harmonic mean): {mixed_equivalent:.1f}",
+          flush=True)
+    return {"throughput_rps": alone, "mix_of_alone_rps": mixed_equivalent}
 
 
 def mb(n: float) -> float:
@@ -667,6 +688,11 @@ def report(results: dict, prompts: dict, load: dict, args) -> dict:
         targets["(b) throughput >= 0.9 x (a)"] = (
             b["throughput_rps"] >= 0.9 * a["throughput_rps"],
             f"{b['throughput_rps']:.1f} vs 0.9 x {a['throughput_rps']:.1f} = {0.9 * a['throughput_rps']:.1f} req/s")
+    if "b" in results and "alone" in results["b"]:
+        b, alone = results["b"], results["b"]["alone"]["mix_of_alone_rps"]
+        targets["(b) throughput >= 0.9 x the same requests with one prompt at a time (same server)"] = (
+            b["throughput_rps"] >= 0.9 * alone,
+            f"{b['throughput_rps']:.1f} vs 0.9 x {alone:.1f} = {0.9 * alone:.1f} req/s (ratio {b['throughput_rps'] / alone:.2f})")
     if "b" in results:
         b = results["b"]
         targets["(b) memory <= backbone + prompts + 15% (whole server)"] = (
@@ -710,6 +736,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for the servers to become healthy")
     p.add_argument("--max-batch-size", type=int, default=16, help="the servers' max_batch_size")
     p.add_argument("--batch-timeout", type=float, default=0.01, help="the servers' batch_timeout (seconds)")
+    p.add_argument("--per-prompt-requests", type=int, default=96,
+                   help="(b) then serves each prompt alone for this many requests (0: skip)")
+    p.add_argument("--call-cost", default="auto", type=lambda v: v if v == "auto" else None if v == "null" else float(v),
+                   help="the servers' call_cost (a number, auto, or null)")
+    p.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--server-threads", type=int, help="OMP_NUM_THREADS for the servers (default: torch's, one per core)")
     p.add_argument("--configs", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"],
                    help="which configurations to run (targets are judged on those that ran)")

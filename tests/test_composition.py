@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import data_files_arg, run_cli
 from release_cases import MIXED_TASKS, mixed_rows, write_files
+from tiny_backbones import ARCHITECTURES
 
 import lit_prompts
 from lit_prompts import Prompted, PromptedBackbone, build_format
 from lit_prompts.data import MultiTaskDataModule
-from lit_prompts.methods import DeepPrompt, SoftPrompt
+from lit_prompts.methods import DeepPrompt, Prefix, SoftPrompt
+from lit_prompts.methods.base import NoPrompt
+from lit_prompts.prompted import share_hidden_states
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release_0_1"
 
@@ -108,3 +111,36 @@ def test_out_of_tree_instance_dependent_method_runs_through_the_cli(tiny_backbon
         lit_prompts.load(folder)
     loaded = lit_prompts.load(folder, trust_code=True)
     assert all(torch.equal(loaded.export_tensors()[k], v) for k, v in model.export_tensors().items())
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("call_cost", [None, 0.0], ids=["one call", "a call per width"])
+def test_joined_hidden_states_equal_each_prompt_alone(arch, call_cost, tiny_backbone):
+    """Input-level, deep and prefix prompts of different lengths over texts of different lengths, joined
+    into one backbone call (or split by width): every real token's hidden state as its own call gives it."""
+    torch.manual_seed(0)
+    backbone = PromptedBackbone.load(tiny_backbone(arch), "head")
+    if backbone.facts.is_decoder_only:  # as the data module pads decoders
+        backbone.tokenizer.padding_side = "left"
+        backbone.tokenizer.pad_token = backbone.tokenizer.pad_token or backbone.tokenizer.eos_token
+    f, layers = backbone.facts, backbone.num_layers
+    prompts = {
+        "input": SoftPrompt(3, f.hidden_size, init=torch.randn(3, f.hidden_size)),
+        "deep": DeepPrompt(layers, 2, f.hidden_size, init=torch.randn(layers, 2, f.hidden_size)),
+        "prefix": Prefix(layers, f.num_key_value_heads, 4, f.head_dim, f.hidden_size,
+                         init=torch.randn(layers, 2, f.num_key_value_heads, 4, f.head_dim)),
+        "none": NoPrompt(),
+    }
+    texts = {"input": ["a good film", "bad"], "deep": ["the plot was long and dull and slow"],
+             "prefix": ["fun", "great fun indeed", "so so"], "none": ["plain text here"]}
+    batches = {k: dict(backbone.tokenizer(t, padding=True, return_tensors="pt")) for k, t in texts.items()}
+    runs = {k: Prompted(backbone, p) for k, p in prompts.items()}
+    with torch.no_grad():
+        alone = {k: runs[k].hidden_states(batches[k]) for k in runs}
+        calls = share_hidden_states(runs, batches, list(runs), call_cost)
+        joined = {k: runs[k].hidden_states(batches[k]) for k in runs}
+    assert calls == 1 if call_cost is None else calls > 1
+    for k in runs:
+        real = batches[k]["attention_mask"].bool()
+        assert joined[k].shape == alone[k].shape, k
+        assert torch.allclose(joined[k][real], alone[k][real], atol=1e-5), (k, (joined[k][real] - alone[k][real]).abs().max())

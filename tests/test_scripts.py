@@ -125,3 +125,12 @@ def test_large_backbone_benchmark_smoke(tmp_path):
                 assert "CUDA GPU" in r["error"]
         else:
             assert r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["loss"] == r["loss"]  # finite, not NaN
+
+
+def test_call_cost_benchmark_smoke(tiny_backbone):
+    command = [sys.executable, str(REPO / "scripts" / "bench_call_cost.py"), f"--backbone={tiny_backbone('bert')}",
+               "--repeats=2"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout.splitlines()
+    timed = [line for line in out if "positions:" in line]
+    assert len(timed) == 12 and all(float(line.split(":")[1].split()[0]) > 0 for line in timed)
+    assert out[-1].startswith("time = ") and "call cost" in out[-1] and "cpu, float32" in out[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import lit_prompts
 from lit_prompts.backbone import shared_backbones
 from lit_prompts.data import PromptDataModule
 from lit_prompts.data.qa import SPAN_LABELS
+from lit_prompts.prompted import width_groups
 from lit_prompts.serving.batching import Item, answer_batch
 from lit_prompts.serving.endpoint import PromptEndpoint, RequestError
 
@@ -98,6 +100,43 @@ def test_a_mixed_batch_answers_as_each_request_alone(exported):
     # Every format that reads hidden states (head, token, span: input-level and deep prompts) shares one
     # backbone call; cloze reads the masked-LM form and runs its own.
     assert calls == 2
+    # Free calls: each width its own call (the QA context is the widest), the same answers.
+    split, split_calls = answer_batch([ask(served[name], fields) for name, fields in REQUESTS.items()], call_cost=0)
+    assert split_calls > calls
+    for expected, got in zip(mixed, split):
+        assert got.keys() == expected.keys()
+        assert {k: v for k, v in got.items() if k != "score"} == {k: v for k, v in expected.items() if k != "score"}
+        if expected.get("score") is not None:
+            assert got["score"] == pytest.approx(expected["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("parts, cost, expected", [
+    ({"a": (4, 20), "b": (4, 22), "c": (2, 80)}, 40, [["c"], ["b", "a"]]),  # 2 x 80 + 8 x 22 + 2 x 40 < 10 x 80 + 40
+    ({"a": (4, 20), "b": (4, 22), "c": (2, 80)}, 1000, [["c", "b", "a"]]),  # calls too dear to split
+    ({"a": (1, 20), "b": (1, 30)}, 0, [["b"], ["a"]]),  # free calls: one per width
+    ({"a": (8, 40)}, 40, [["a"]]),
+])
+def test_width_groups_split_where_the_padding_saved_pays_for_the_calls(parts, cost, expected):
+    assert width_groups(parts, cost) == expected
+
+
+def test_width_groups_are_the_cheapest_split(seed=0):
+    rng = random.Random(seed)
+    for _ in range(50):
+        parts = {k: (rng.randint(1, 8), rng.randint(5, 200)) for k in "abcdef"[: rng.randint(1, 6)]}
+        cost = rng.choice([0, 10, 40, 300])
+        price = lambda groups: sum(sum(parts[k][0] for k in g) * max(parts[k][1] for k in g) + cost for g in groups)  # noqa: E731
+        best = min(price(p) for p in partitions(list(parts)))
+        groups = width_groups(parts, cost)
+        assert sorted(k for g in groups for k in g) == sorted(parts)
+        assert price(groups) == best
+
+
+def partitions(keys: list) -> list[list[list]]:
+    if not keys:
+        return [[]]
+    first, rest = keys[0], partitions(keys[1:])
+    return [[[first], *p] for p in rest] + [p[:i] + [[first, *p[i]]] + p[i + 1:] for p in rest for i in range(len(p))]
 
 
 def test_answers_have_the_api_shape(exported):

@@ -43,6 +43,11 @@ class ServeSettings:
         host: address to listen on (``127.0.0.1``, ``0.0.0.0`` or ``::``).
         port: TCP port.
         admin_token_env: environment variable holding the admin token (unset: no admin routes).
+        call_cost: how a batch's requests for prompts of very different widths (short reviews, long
+            QA contexts) split into backbone calls: a call's fixed cost in padded positions; a split
+            that saves more padding than the extra calls cost is made (``scripts/bench_call_cost.py``
+            measures it for a backbone and device). ``auto``: the measured value for the device kind
+            (``serving.batching.CALL_COST``); ``null``: always one call.
         openai: also serve ``POST /v1/chat/completions`` (OpenAI's chat format) for the text-to-text
             prompts, ``model`` naming one. LitServe runs each API in worker processes of its own, so the
             chat route's workers (``workers_per_device`` of them) hold their own copy of the backbone,
@@ -60,6 +65,7 @@ class ServeSettings:
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     port: int = 8000
     admin_token_env: str = "LIT_PROMPTS_ADMIN_TOKEN"
+    call_cost: float | Literal["auto"] | None = "auto"
     openai: bool = False
 
 
@@ -90,6 +96,8 @@ def serve(settings: ServeSettings) -> None:
     if settings.max_batch_size < 1 or settings.workers_per_device < 1 or not 0 < settings.batch_timeout < settings.timeout:
         raise ValueError(f"max_batch_size={settings.max_batch_size} and workers_per_device="
                          f"{settings.workers_per_device} must be >= 1, and 0 < batch_timeout < timeout")
+    if isinstance(settings.call_cost, (int, float)) and settings.call_cost < 0:
+        raise ValueError(f"call_cost={settings.call_cost} must be >= 0 (or auto, or null: one call per batch)")
     entries = {name: entry_of(name, value) for name, value in settings.prompts.items()}
     state = shared_state_manager().dict(entries=entries, version=0, described={}, errors={}, backbone=None)
     api = PromptServingAPI(asdict(settings), state, max_batch_size=settings.max_batch_size,

@@ -1,8 +1,8 @@
 """Answering a batch of requests for different prompts on one frozen backbone.
 
-Prompts whose formats read the backbone's hidden states (head, token, span) share one forward pass
+Prompts whose formats read the backbone's hidden states (head, token, span) share forward passes
 with per-row prompts (``PromptedBackbone.hidden_states_together``: input-level and deep prompts
-alike, of any lengths); the others (cloze, text-to-text) run one call per
+alike, of any lengths; one pass, or a few by width where that saves padding); the others (cloze, text-to-text) run one call per
 prompt, generation one per prompt and generation settings. A request that fails fails alone.
 """
 
@@ -28,10 +28,16 @@ class Item:
     options: dict
 
 
+# A backbone call's fixed cost in padded positions by device kind (``scripts/bench_call_cost.py``):
+# MiniLM on 2 CPU cores, 36 and 46 in two runs; None (one call) where it is not measured.
+CALL_COST = {"cpu": 40.0}
+
+
 @torch.no_grad()
-def answer_batch(items: list[Item]) -> tuple[list[dict | Exception], int]:
+def answer_batch(items: list[Item], call_cost: float | str | None = None) -> tuple[list[dict | Exception], int]:
     """Answers (or the exception of a request that failed) in the items' order, and the number of
-    backbone calls the batch took."""
+    backbone calls the batch took. ``call_cost``: see ``share_hidden_states`` (``auto``: ``CALL_COST``
+    of the device)."""
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
         generation = (item.options.get("max_new_tokens"), item.options.get("num_beams"))
@@ -41,7 +47,9 @@ def answer_batch(items: list[Item]) -> tuple[list[dict | Exception], int]:
                                         items[rows[0]].endpoint.method.device) for key, rows in groups.items()}
     runs = {key: method_run(items[rows[0]].endpoint) for key, rows in groups.items()}
     shared = [key for key, rows in groups.items() if joins(items[rows[0]].endpoint.method)]
-    calls = int(share_hidden_states(runs, batches, shared))
+    if call_cost == "auto":
+        call_cost = CALL_COST.get(items[0].endpoint.method.device.type)
+    calls = share_hidden_states(runs, batches, shared, call_cost)
     for key, rows in groups.items():
         endpoint = items[rows[0]].endpoint
         try:
