@@ -28,9 +28,11 @@ class Item:
     options: dict
 
 
-# A backbone call's fixed cost in padded positions by device kind (``scripts/bench_call_cost.py``):
-# MiniLM on 2 CPU cores, 36 and 46 in two runs; None (one call) where it is not measured.
-CALL_COST = {"cpu": 40.0}
+# A backbone call's fixed cost in padded positions by device kind; None (one call) where not measured.
+# CPU: MiniLM's forward pass alone fits 36-46 (scripts/bench_call_cost.py, 2 cores), but a small call
+# also multiplies less efficiently: on bench_serve's mixed batches of 8, answer_batch took 13.0-13.3 ms
+# per request at 0, 9.2-9.8 at 40, 8.9-9.1 at 80, 9.8-10.0 at 160 and 320, 9.6-9.8 in one call.
+CALL_COST = {"cpu": 80.0}
 
 
 @torch.no_grad()
