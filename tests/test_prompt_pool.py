@@ -1,9 +1,10 @@
-"""Prompt pools: selection per example, the key-pull loss, soft attention, the selection histogram,
-parameter counts, and the CLI end to end."""
+"""Prompt pools: selection per example, the key-pull loss, the frequency-penalised selection, soft
+attention, the selection histogram, parameter counts, resume, and the CLI end to end."""
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 
 import pytest
@@ -12,6 +13,8 @@ from conftest import data_files_arg, run_cli
 
 import lit_prompts
 from lit_prompts import PromptPool
+from lit_prompts.methods import PoolPrompt
+from lit_prompts.methods.base import PromptContext
 
 K, P = 4, 2
 
@@ -70,6 +73,89 @@ def test_key_pull_loss_draws_selected_keys_to_their_queries(tiny_backbone):
         output.aux_loss.backward()
         optimizer.step()
     assert chosen_similarity().item() > before + 0.05
+
+
+def fixed_queries(pool: PoolPrompt, rows: int = 16) -> PromptContext:
+    """A fixed query set that plain similarity sends to two keys: the keys are the first K unit vectors
+    and every query is about (0.5, 0.5, 0.3, ..., 0.3) normalised, so cos(q, k_0) ≈ cos(q, k_1) ≈ 0.45
+    and ≈ 0.27 for the other eight keys (a gap g ≈ 0.18), with a little noise."""
+    size, width = pool.keys.shape
+    pool.keys.data.copy_(torch.eye(width)[:size])
+    direction = torch.zeros(width)
+    direction[:2], direction[2:size] = 0.5, 0.3
+    queries = direction / direction.norm() + 0.02 * torch.randn(rows, width, generator=torch.Generator().manual_seed(0))
+    return PromptContext(input_embeds=torch.zeros(rows, 1, width), attention_mask=torch.ones(rows, 1, dtype=torch.long),
+                         frozen_hidden=lambda: queries[:, None])
+
+
+def picks_after_training_steps(frequency_penalty: float, steps: int = 50) -> torch.Tensor:
+    pool = PoolPrompt(pool_size=10, length=1, hidden_size=16, top_k=2, frequency_penalty=frequency_penalty)
+    context = fixed_queries(pool)
+    pool.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            pool(context)
+    return pool.picks
+
+
+def test_frequency_penalty_spreads_the_picks_of_a_fixed_query_set():
+    """Keys held still, the same 16 queries selected 50 times. Plain similarity picks keys 0 and 1 for
+    every query: 2 entries, half the picks each. With the penalty the picks balance where β·(f_0 - f_i) = g:
+    f_0 - f_i ≈ 1.8 and the shares sum to 1, so keys 0 and 1 take ≈ (1 + 0.8·1.8)/10 ≈ 0.24 each and the
+    other eight ≈ (1 - 0.2·1.8)/10 ≈ 0.064 each."""
+    collapsed = picks_after_training_steps(frequency_penalty=0.0)
+    assert collapsed.sum() == 50 * 16 * 2  # every pick counted
+    share = collapsed / collapsed.sum()
+    assert (share >= 0.01).sum() == 2 and share.max() == 0.5
+
+    beta = inspect.signature(PromptPool).parameters["frequency_penalty"].default
+    assert beta == 0.1  # the default spreads picks: it is what this test measures
+    spread = picks_after_training_steps(frequency_penalty=beta)
+    share = spread / spread.sum()
+    assert (share >= 0.01).sum() == 10  # every entry takes part
+    assert share.max() < 0.3 and share.min() > 0.04  # near the balance above, far from 0.5
+    assert torch.equal(spread, picks_after_training_steps(frequency_penalty=beta))  # deterministic
+
+
+@torch.no_grad()
+def test_evaluation_selects_by_plain_similarity():
+    pool = PoolPrompt(pool_size=10, length=1, hidden_size=16, top_k=2, frequency_penalty=0.1)
+    context = fixed_queries(pool)
+    pool.train()
+    for _ in range(5):
+        pool(context)
+    picks = pool.picks.clone()
+    assert (picks[2:] > 0).any()  # training has moved picks off keys 0 and 1
+    pool.eval()
+    prompt = pool(context).prepend
+    assert torch.equal(pool.picks, picks)  # evaluation counts nothing
+    # Every query gets keys 0 and 1, its two best matches, as plain similarity ranks them.
+    similarity = torch.nn.functional.normalize(pool.queries(context), dim=-1) @ pool.keys.T
+    chosen = similarity.topk(2, dim=-1).indices
+    assert set(chosen.flatten().tolist()) == {0, 1}
+    assert torch.equal(prompt, pool.pool[chosen].flatten(1, 2))
+
+
+def test_picks_are_training_state_kept_by_checkpoints_not_prompt_tensors(tiny_backbone):
+    model = make_pool(tiny_backbone, top_k=2)
+    model.prompt.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model.prompt(two_texts(model))
+    assert model.prompt.picks.sum() == 3 * 2 * 2
+    # Not part of the prompt: neither in state_dict (so not in exports) nor a trainable tensor.
+    assert not {"prompt.picks", "prompt.selection_weights"} & set(model.state_dict())
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    resumed = make_pool(tiny_backbone, top_k=2)
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(resumed.prompt.picks, model.prompt.picks)
+    assert torch.equal(resumed.prompt.selection_weights, model.prompt.selection_weights)
+
+
+def test_a_negative_frequency_penalty_is_refused(tiny_backbone):
+    with pytest.raises(ValueError, match="frequency_penalty=-0.1"):
+        make_pool(tiny_backbone, frequency_penalty=-0.1)
 
 
 @torch.no_grad()
@@ -138,6 +224,38 @@ def test_pool_under_ddp_two_processes(tiny_backbone, reviews, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
     shares = [float(r[f"pool/selected_{k}"]) for r in rows if r.get("pool/entries_used") for k in range(K)]
     assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    # The picks behind the frequency penalty count both processes' rows (32 rows, 2 picks each), so every
+    # process selects by the same counts, and rank 0's checkpoint holds them all.
+    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["lit_prompts"]["pool"]["picks"].sum() == 32 * 2
+
+
+def test_a_resumed_pool_run_selects_as_the_uninterrupted_run(tiny_backbone, reviews, tmp_path):
+    """The picks behind the frequency penalty, and the epoch's histogram, come back from a checkpoint of a
+    run stopped in mid-epoch: the resumed run ends bitwise equal to the run never stopped."""
+    args = ["--model=PromptPool", f"--model.backbone={tiny_backbone('bert')}", f"--model.pool_size={K}",
+            f"--model.prompt_length={P}", "--model.top_k=2", "--data.batch_size=8", data_files_arg(reviews),
+            "--seed_everything=7", "--model.lr_schedule=constant_with_warmup", "--model.warmup_steps=2",
+            "--trainer.max_epochs=2"]  # 32 rows: 4 steps an epoch
+    run_cli("fit", *args, root=tmp_path / "whole")
+    run_cli("fit", *args, "--trainer.max_steps=6", root=tmp_path / "resumed")  # stops in the second epoch
+    folders = {run: tmp_path / run / "lightning_logs" / "version_0" for run in ("whole", "resumed")}
+    last = folders["resumed"] / "checkpoints" / "last.ckpt"
+    picks_then = torch.load(last, weights_only=True)["lit_prompts"]["pool"]["picks"]
+    assert picks_then.sum() == 6 * 8 * 2 and (picks_then > 0).sum() > 2  # the penalty spread them
+    run_cli("fit", *args, f"--ckpt_path={last}", root=tmp_path / "resumed")
+    whole, resumed = (torch.load(f / "checkpoints" / "last.ckpt", weights_only=True) for f in folders.values())
+    assert whole["global_step"] == resumed["global_step"] == 8
+    assert whole["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+    assert torch.equal(resumed["lit_prompts"]["pool"]["picks"], whole["lit_prompts"]["pool"]["picks"])
+
+    def last_histogram(folder):  # the second epoch's, logged last
+        rows = [r for r in csv.DictReader(open(folder / "metrics.csv")) if r.get("pool/entries_used")]
+        return [float(rows[-1][f"pool/selected_{k}"]) for k in range(K)]
+
+    assert last_histogram(folders["resumed"]) == last_histogram(folders["whole"])
 
 
 @pytest.mark.parametrize("task,fmt,arch,placement", [("ner", "token", "bert", "input"), ("qa", "span", "gpt2", "layers")])

@@ -8,7 +8,12 @@ every self-attention layer like P-tuning v2's deep prompts), keys [K, H]. Per ex
               without gradient and without prompts (as in L2P); ``encoder``: E(x) = tanh(W x̄ + b)
               over the mean input embedding x̄, trained
   hard        the N keys most cosine-similar to q(x) select N prompts, concatenated (N·P tokens);
-              the key-pull loss λ·mean(1 - cos(q, k_selected)) draws the chosen keys to their queries
+              the key-pull loss λ·mean(1 - cos(q, k_selected)) draws the chosen keys to their queries.
+              Training ranks score_i = cos(q, k_i) - β·f_i instead (L2P's frequency-penalised selection):
+              f_i = K·n_i / Σ_j n_j is entry i's share of the training picks so far over an even share, so
+              over-used entries give way and the pool does not collapse onto a few. (L2P multiplies the
+              distance by the frequency: an unpicked entry then wins for every query, and the penalty fades
+              as the key-pull loss drives distances to 0.) Evaluation ranks by cos(q, k_i) alone.
   soft        α = softmax(cos(q, K) / τ); the prompt is Σ α_i p_i (P tokens), keys learn through α
 
 Trainable: K·P·H (or K·L·P·H) + K·H (+ H·H + H for the encoder query).
@@ -34,16 +39,36 @@ class PoolPrompt(Prompt):
 
     def __init__(self, pool_size: int, length: int, hidden_size: int, num_layers: int | None = None, top_k: int = 2,
                  selection: Selection = "hard", query: Query = "backbone", temperature: float = 0.1,
-                 key_pull_weight: float = 0.1, init: Tensor | None = None):
+                 key_pull_weight: float = 0.1, frequency_penalty: float = 0.1, init: Tensor | None = None):
         super().__init__(pool_size=pool_size, length=length, hidden_size=hidden_size, num_layers=num_layers, top_k=top_k,
-                         selection=selection, query=query, temperature=temperature, key_pull_weight=key_pull_weight)
+                         selection=selection, query=query, temperature=temperature, key_pull_weight=key_pull_weight,
+                         frequency_penalty=frequency_penalty)
         layers = (num_layers,) if num_layers else ()
         self.pool = nn.Parameter(init.clone() if init is not None else torch.zeros(pool_size, *layers, length, hidden_size))
         self.keys = nn.Parameter(torch.empty(pool_size, hidden_size).uniform_(-1, 1))
         self.query_encoder = MeanQuery(hidden_size, hidden_size) if query == "encoder" else None
-        # Selection weight per pool entry since the last reset (hard: how often chosen; soft: the
-        # summed attention), for a histogram of pool use.
+        # Training state, not prompt (left out of state_dict and exports; a trainer's checkpoints carry it):
+        # hard selection: how often each entry has been picked in training, n_i of the frequency penalty;
+        self.register_buffer("picks", torch.zeros(pool_size, dtype=torch.long), persistent=False)
+        # the selection weight per entry since the last reset (hard: picks; soft: summed attention), a histogram.
         self.register_buffer("selection_weights", torch.zeros(pool_size), persistent=False)
+        self.last_selection: Tensor | None = None  # [K] the last training forward's selection weights, summed
+
+    def scores(self, similarity: Tensor) -> Tensor:
+        """[B, K] what hard selection ranks: cos(q, k_i), less β·f_i in training (see the module doc)."""
+        penalty = self.settings["frequency_penalty"]
+        if not self.training or not penalty:
+            return similarity
+        frequency = self.picks.float() * (len(self.picks) / self.picks.sum().clamp(min=1))  # f_i: 1 = an even share
+        return similarity - penalty * frequency
+
+    def record(self, weights: Tensor) -> None:
+        """Count [K] selection weights summed over examples into the histogram and (hard) the picks. The
+        forward counts its own; a data-parallel trainer adds the other processes' after each step, so that
+        every process holds the same picks and so selects by the same rule."""
+        self.selection_weights += weights
+        if self.settings["selection"] == "hard":
+            self.picks += weights.round().long()
 
     def queries(self, context: PromptContext) -> Tensor:
         """[B, H] query per example."""
@@ -57,13 +82,15 @@ class PoolPrompt(Prompt):
             weights = (similarity / s["temperature"]).softmax(-1)
             prompt = torch.einsum("bk,k...->b...", weights, self.pool)
         else:
-            chosen = similarity.topk(s["top_k"], dim=-1).indices  # [B, N]
+            chosen = self.scores(similarity).topk(s["top_k"], dim=-1).indices  # [B, N]
             weights = torch.zeros_like(similarity).scatter(1, chosen, 1.0)
             prompt = self.pool[chosen].movedim(1, -3).flatten(-3, -2)  # N prompts one after another: [B, (L,) N·P, H]
-            # L2P's surrogate loss: pull each selected key towards the query that selected it.
+            # L2P's surrogate loss: pull each selected key towards the query that selected it (the raw
+            # similarity: an entry picked for its low frequency is drawn to the queries it now serves).
             key_pull = s["key_pull_weight"] * (1 - similarity.gather(1, chosen)).mean()
         if self.training:
-            self.selection_weights += weights.detach().sum(0)
+            self.last_selection = weights.detach().float().sum(0)  # (fp32: counts stay exact)
+            self.record(self.last_selection)
         if s["num_layers"]:
             return PromptOutput(layer_hidden=prompt, aux_loss=key_pull)
         return PromptOutput(prepend=prompt, aux_loss=key_pull)

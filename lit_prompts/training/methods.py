@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jsonargparse.typing import PositiveFloat, PositiveInt
+import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..methods import DeepPrompt, EncodedPrompt, MultiTaskPrompt, PoolPrompt, Prefix, SoftPrompt
@@ -111,6 +113,11 @@ class PromptPool(PromptMethod):
         placement: ``input`` (prepended to the embeddings) or ``layers`` (every self-attention layer).
         temperature: soft selection: τ.
         key_pull_weight: hard selection: λ of the key-pull loss.
+        frequency_penalty: hard selection in training: β of L2P's frequency-penalised selection, score_i =
+            cos(q, k_i) - β·f_i with f_i entry i's share of the picks so far relative to an even share (1 =
+            even). Without it (0) the key-pull loss draws the keys picked first towards every query, and a
+            few entries take most picks (2 of 10 took 80% on SST-2); with it an entry used at twice the even
+            share must match 0.1 better in cosine to stay picked. Evaluation selects by plain similarity.
         **kwargs: see ``PromptMethod``.
     """
 
@@ -118,26 +125,64 @@ class PromptPool(PromptMethod):
 
     def __init__(self, pool_size: PositiveInt = 10, prompt_length: PositiveInt = 5, top_k: PositiveInt = 2,
                  selection: Selection = "hard", query: Query = "backbone", placement: Placement = "input",
-                 temperature: PositiveFloat = 0.1, key_pull_weight: float = 0.1, **kwargs):
+                 temperature: PositiveFloat = 0.1, key_pull_weight: float = 0.1,
+                 frequency_penalty: NonNegativeFloat = 0.1, **kwargs):
         super().__init__(**kwargs)
         if selection == "hard" and not 1 <= top_k <= pool_size:
             raise ValueError(f"top_k={top_k} must be between 1 and pool_size={pool_size}")
         layers = self.backbone.num_layers if placement == "layers" else None
         start = self.backbone.vocab_embeddings((pool_size, *((layers,) if layers else ()), prompt_length))
         self.prompt = PoolPrompt(pool_size, prompt_length, self.facts.hidden_size, layers, top_k, selection, query,
-                                 temperature, key_pull_weight, init=start)
+                                 temperature, key_pull_weight, frequency_penalty, init=start)
+
+    def prompt_length(self) -> int:
+        # The probe's one-token input is no training example: in evaluation mode it counts no picks.
+        training = self.prompt.training
+        self.prompt.eval()
+        try:
+            return super().prompt_length()
+        finally:
+            self.prompt.train(training)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.world_size > 1:
+            # Every process adds the others' picks of this step: the picks behind the frequency penalty (and the
+            # histogram) then count the whole batch and are the same everywhere, so every process selects by one
+            # rule and rank 0's checkpoint holds them all. (DDP would otherwise overwrite every process's buffers
+            # with rank 0's at each forward, as it did to the histogram.)
+            mine, self.prompt.last_selection = self.prompt.last_selection, None
+            mine = torch.zeros_like(self.prompt.selection_weights) if mine is None else mine
+            self.prompt.record(self.all_gather(mine).sum(0) - mine)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Not prompt tensors, but training state: a resumed run penalises, selects and logs as the whole run.
+        checkpoint["lit_prompts"]["pool"] = {"picks": self.prompt.picks.cpu().clone(),
+                                             "selection_weights": self.prompt.selection_weights.cpu().clone()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("lit_prompts", {}).get("pool")  # (none in checkpoints from before the penalty)
+        if saved:
+            self.prompt.picks.copy_(saved["picks"])
+            self.prompt.selection_weights.copy_(saved["selection_weights"])
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        weights = self.prompt.selection_weights.clone()
-        if self.trainer is not None and self.trainer.world_size > 1:
-            weights = self.all_gather(weights).sum(0)
+        weights = self.prompt.selection_weights  # every process's selections (see training_step)
         share = weights / weights.sum().clamp(min=1e-12)
-        # One value per pool entry (a histogram over the epoch) and how many entries took at least 1%,
-        # so a collapse onto few prompts shows in any logger.
+        # One value per pool entry (a histogram over the epoch), how many entries took at least 1% and the
+        # largest share, so a collapse onto few prompts shows in any logger.
         self.log_dict({f"pool/selected_{k}": s for k, s in enumerate(share)}, rank_zero_only=True)
         self.log("pool/entries_used", (share >= 0.01).sum().float(), rank_zero_only=True)
-        self.prompt.selection_weights.zero_()
+        self.log("pool/max_share", share.max(), rank_zero_only=True)
+        # A fit stopped in mid-epoch (max_steps) keeps its part of the epoch: its checkpoint carries it, and
+        # the resumed run logs the whole epoch, as the uninterrupted run does.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch or progress.current.ready >= self.trainer.num_training_batches:
+            self.prompt.selection_weights.zero_()
 
 
 class MultiTaskPromptTuning(PromptMethod):
