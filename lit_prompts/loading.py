@@ -150,6 +150,7 @@ def load(
         tensors, wanted = checkpoint["state_dict"], method.trainable_state_dict()
         if meta.get("format_version", 1) < FORMAT_VERSION:
             tensors = upgrade_state_names(tensors, set(wanted), list(method.formats))
+        tensors = method.upgrade_state(tensors)
     _check_tensors(tensors, wanted, source)
     method.load_state_dict(tensors, strict=False)
     return method.to(map_location).eval()

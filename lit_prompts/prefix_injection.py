@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -153,6 +155,27 @@ class PrefixInjector:
         if not any(".decoder." in f".{n}" for n in names):
             return ["layers"] * len(names)
         return ["decoder" if ".decoder." in f".{n}" else "encoder" for n in names]
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[int, tuple[Tensor, Tensor]]]:
+        """Inside the block, layer i's (key, value) as its attention kernel reads them (after rotary
+        embeddings and key norms, before grouped-query heads are repeated) land in ``recorded[i]``."""
+        recorded: dict[int, tuple[Tensor, Tensor]] = {}
+        kernels = [module.lit_prompts_kernel for _, module in self.layers]
+
+        def reading(i: int, kernel):
+            def read(module, query, key, value, *args, **kwargs):
+                recorded[i] = (key, value)
+                return kernel(module, query, key, value, *args, **kwargs)
+            return read
+
+        try:
+            for i, ((_, module), kernel) in enumerate(zip(self.layers, kernels)):
+                module.lit_prompts_kernel = reading(i, kernel)
+            yield recorded
+        finally:
+            for (_, module), kernel in zip(self.layers, kernels):
+                module.lit_prompts_kernel = kernel
 
     def set(self, prefixes: list[tuple[Tensor, Tensor] | Tensor] | None) -> None:
         if prefixes is not None and len(prefixes) != len(self.layers):

@@ -79,6 +79,34 @@ class PromptedBackbone(nn.Module):
         kv_heads = self.facts.num_key_value_heads
         return [injector.project(layer, hidden.select(-3, layer), kv_heads) for layer in range(len(injector))]
 
+    @torch.no_grad()
+    def attention_keys_values(self, input_ids: Tensor, position_ids: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Per self-attention layer (in the order prefixes take), the keys and values of ``input_ids``
+        [1, P] exactly as each attention kernel reads them, the backbone run in eval mode without
+        prompts. An encoder-decoder whose decoder takes prefixes (text-to-text) runs the ids through
+        both stacks."""
+        injector = self._injector()
+        kwargs = {"input_ids": input_ids}
+        if "decoder" in injector.stacks:
+            kwargs["decoder_input_ids"] = input_ids
+        if self.facts.is_decoder_only or self.facts.is_encoder_decoder:
+            kwargs["use_cache"] = False
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        modes = {m: m.training for m in self.model.modules()}
+        try:
+            injector.set(None)
+            self.model.eval()  # no dropout
+            with injector.recording() as recorded:
+                self.model(**kwargs)
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        missing = [name for i, (name, _) in enumerate(injector.layers) if i not in recorded]
+        if missing:
+            raise RuntimeError(f"the backbone ran without calling the attention of {missing}")
+        return [recorded[i] for i in range(len(injector))]
+
     def _injector(self) -> PrefixInjector:
         if self.injector is None:
             self.injector = PrefixInjector(self.model)

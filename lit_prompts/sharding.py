@@ -75,8 +75,9 @@ class ShardedPromptStrategy(ModelParallelStrategy):
         super().setup_environment()
 
     def lightning_module_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable tensors only, whole (gathered from their shards on every rank)."""
-        return {name: full(p).detach().cpu() for name, p in self.lightning_module.named_parameters() if p.requires_grad}
+        """The tensors a checkpoint keeps (``trainable_names``: the trainable ones, and any frozen tensor a method
+        needs with them), whole (gathered from their shards on every rank)."""
+        return {name: t.detach().cpu() for name, t in self.lightning_module.trainable_state_dict().items()}
 
     def optimizer_state(self, optimizer: Optimizer) -> dict:
         """The optimizer's own state dict with every tensor whole: the same layout an unsharded run saves

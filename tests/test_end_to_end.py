@@ -36,7 +36,8 @@ def expected_trainable(model) -> dict[str, int]:
         sizes |= {"encoder.mlp.0.weight": H * H, "encoder.mlp.0.bias": H, "encoder.mlp.2.weight": H * H, "encoder.mlp.2.bias": H}
     elif method == "PTuningV2":
         sizes = {"deep_prompts": layers * P * f.hidden_size}
-    else:  # PrefixTuning, reparameterised: embedding [P, H] -> Linear(H, MLP) -> Tanh -> Linear(MLP, L*2*H_kv*d)
+    else:  # PrefixTuning, reparameterised: embedding [P, H] -> Linear(H, MLP) -> Tanh -> Linear(MLP, L*2*H_kv*d),
+        # added to the initial prefix (a frozen buffer: neither trainable nor counted)
         out = layers * 2 * kv_width
         sizes = {
             "reparam.embedding": P * f.hidden_size,
@@ -88,10 +89,12 @@ def test_fit_checkpoint_load_predict(method, arch, fmt, tiny_backbone, reviews, 
     assert trained.keys() == fresh.keys()
     assert all(torch.equal(trained[k], fresh[k]) for k in fresh)
 
-    # The checkpoint holds exactly the trainable tensors, and the loaded method has them.
+    # The checkpoint holds exactly the trainable tensors (and the reparameterised prefix's frozen start, which
+    # its MLP's output is added to), and the loaded method has them.
     best = cli.trainer.checkpoint_callback.best_model_path
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    assert set(checkpoint["state_dict"]) == set(trainable)
+    frozen = {"prompt.reparam.start"} if method == "PrefixTuning" else set()
+    assert set(checkpoint["state_dict"]) == set(trainable) | frozen
     assert len(checkpoint["optimizer_states"][0]["state"]) == len(trainable), "optimizer state of every tensor"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

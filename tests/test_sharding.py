@@ -46,7 +46,7 @@ def assert_same_tensors(a: dict, b: dict, atol: float) -> None:
 
 
 @pytest.mark.integration  # subprocesses
-@pytest.mark.parametrize("method", ["PromptTuning", "PTuningV2"])
+@pytest.mark.parametrize("method", ["PromptTuning", "PTuningV2", "PrefixTuning"])
 def test_sharded_fit_equals_one_process(method, tiny_backbone, reviews, tmp_path):
     llama = tiny_backbone("llama")
     one = fit(tmp_path / "one", method, llama, reviews, *ONE_PROCESS)

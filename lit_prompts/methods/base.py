@@ -126,15 +126,30 @@ class NoPrompt(Prompt):
 
 class ReparameterizedPrompt(nn.Module):
     """Li & Liang's reparameterisation: a small embedding [P, E] mapped by Linear → Tanh → Linear
-    to [P, out_features]. Trains more stably than the raw tensor; folded away at export."""
+    to [P, out_features]. Trains more stably than the raw tensor; folded away at export.
 
-    def __init__(self, length: int, embedding_size: int, hidden_size: int, out_features: int):
+    With ``start`` [P, out_features] the output is ``start + MLP(E)`` and the MLP's last layer starts at
+    zero (as LoRA's B): step 0 gives exactly ``start``, e.g. a prefix from real words' activations, and the
+    MLP learns a change to it. A freshly initialised MLP would put its own output in place of any
+    initialisation, at a scale set by PyTorch's default init and unrelated to the keys and values the
+    backbone's attention expects (at the defaults such a prefix stayed at entity F1 0 on a sparse NER set,
+    where the plain tensor learned). The first layer and the embedding get gradient from the second step on.
+    ``start`` is a buffer: frozen, not a parameter, but saved with the MLP, whose output means nothing
+    without it."""
+
+    def __init__(self, length: int, embedding_size: int, hidden_size: int, out_features: int,
+                 start: Tensor | None = None):
         super().__init__()
         self.embedding = nn.Parameter(torch.randn(length, embedding_size))
         self.mlp = nn.Sequential(nn.Linear(embedding_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, out_features))
+        self.register_buffer("start", None if start is None else start.reshape(length, out_features).float().clone())
+        if start is not None:
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self) -> Tensor:
-        return self.mlp(self.embedding)
+        change = self.mlp(self.embedding)
+        return change if self.start is None else self.start + change
 
 
 class MeanQuery(nn.Linear):

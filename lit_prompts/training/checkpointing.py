@@ -139,11 +139,17 @@ class PromptCheckpointing:
         tensors = self.exported()[2]
         self.initial_prompt = {k: v.detach().float().cpu().clone() for k, v in tensors.items() if k.startswith("prompt.")}
 
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's tensors in the form this method saves them today (a method whose saved tensors
+        changed within a format version completes older ones here, e.g. ``PrefixTuning``)."""
+        return state
+
     def check_tensors(self, checkpoint: dict) -> None:
         """The checkpoint holds every trainable tensor of this method (0.1 names upgraded in place)."""
         expected = self.trainable_names()
         if checkpoint.get("lit_prompts", {}).get("format_version", 1) < FORMAT_VERSION:
             checkpoint["state_dict"] = upgrade_state_names(checkpoint["state_dict"], expected, list(self.formats))
+        checkpoint["state_dict"] = self.upgrade_state(checkpoint["state_dict"])
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
             raise KeyError(f"checkpoint lacks trainable tensors {missing}: it was saved by another method or setting")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..hub import prompt_folder
 from ..prompted_backbone import PromptedBackbone
@@ -23,11 +23,15 @@ def initial_prompt(backbone: PromptedBackbone, length: int, init: str, init_text
     if init == "vocab":
         return backbone.vocab_embeddings((length,))
     text = init_text if init == "text" else " ".join(label_names or [])
+    return table[text_ids(backbone, text, length)].clone()
+
+
+def text_ids(backbone: PromptedBackbone, text: str, length: int) -> Tensor:
+    """[P] token ids of ``text`` (no special tokens), repeated or cut to ``length``."""
     ids = backbone.tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         raise ValueError(f"prompt initialisation text {text!r} has no tokens")
-    ids = (ids * (length // len(ids) + 1))[:length]
-    return table[torch.tensor(ids)].clone()
+    return torch.tensor((ids * (length // len(ids) + 1))[:length])
 
 
 def initial_prefix(backbone: PromptedBackbone, length: int) -> Tensor:
@@ -36,6 +40,57 @@ def initial_prefix(backbone: PromptedBackbone, length: int) -> Tensor:
     with torch.no_grad():
         tokens = torch.stack([backbone.vocab_embeddings((length,)) for _ in range(backbone.num_layers)])
         return torch.stack([torch.stack(kv) for kv in backbone.layer_kv(tokens)]).float()
+
+
+def default_init_text(task: str, label_names: list[str] | None) -> str:
+    """A short description of the task in real words, its labels (or entity types) named: Li & Liang found
+    task-relevant words a slightly better prefix initialisation than unrelated ones, and any real words far
+    better than random values, above all with little data."""
+    names = [n for n in label_names or [] if n]
+    if task == "ner":
+        types = list(dict.fromkeys(n.split("-", 1)[-1] for n in names if n.upper() != "O"))
+        return "find the named entities in the text" + (f": {', '.join(types)}" if types else "")
+    if task == "qa":
+        return "answer the question from the context"
+    return "classify the text" + (f" as {' or '.join(names)}" if names else "")
+
+
+def _is_rotary(model: nn.Module) -> bool:
+    return any(type(m).__name__.endswith("RotaryEmbedding") for m in model.modules())
+
+
+@torch.no_grad()
+def word_prefix(backbone: PromptedBackbone, length: int, text: str, prefix_positions: str = "none") -> Tensor:
+    """[L, 2, H_kv, P, d]: Li & Liang's initialisation from the activations of real words. The frozen
+    backbone runs on the tokens of ``text`` (repeated or cut to P, as prompt tuning's text init) and each
+    self-attention layer's keys and values of those tokens are taken where its attention kernel reads them,
+    exactly as the backbone computed them (after rotary embeddings and key norms, before grouped-query
+    heads are repeated): at step 0 the text attends to these words at every layer.
+
+    Where the words sit: a prefix stands in front of the text. Under ``prefix_positions: first`` the text's
+    tokens take positions P.., so the words run at positions 0..P-1: the prefix is then the key/value cache
+    of the words (decoders: exactly the backbone on words + text). Under ``none`` the text keeps positions
+    0..: rotary decoders (Llama-style) run the words at positions -P..-1, which, rotary attention depending
+    only on relative positions, is again exactly a cache of the words right before the text (at 0..P-1
+    the words would sit among, even after, the text's tokens). Absolute positions (BERT, RoBERTa, GPT-2)
+    cannot go below 0: the words keep positions 0..P-1. T5 (relative bias; prefix keys get zero bias)
+    runs the words through the encoder and, as decoder inputs, through the decoder, whose self-attention
+    layers the prefix covers too. DistilBERT and MPNet, which take no cache, are read at the kernel alike.
+
+    A process without the weights (sharding) returns zeros: rank 0's values replace them."""
+    shape = (backbone.num_layers, 2, backbone.facts.num_key_value_heads, length, backbone.facts.head_dim)
+    if not backbone.holds_weights:
+        return torch.zeros(shape)
+    model, facts = backbone.model, backbone.facts
+    ids = text_ids(backbone, text, length).to(model.get_input_embeddings().weight.device)[None]
+    positions = None
+    if facts.is_decoder_only and prefix_positions != "first" and _is_rotary(model):
+        positions = torch.arange(-length, 0, device=ids.device)[None]
+    layers = backbone.attention_keys_values(ids, positions)
+    prefix = torch.stack([torch.stack([key[0], value[0]]) for key, value in layers])
+    if tuple(prefix.shape) != shape:
+        raise RuntimeError(f"init='words': the attention kernels read keys of shape {tuple(prefix.shape)}, not {shape}")
+    return prefix.float().cpu()
 
 
 def prompt_from_folder(folder: str, shape: tuple[int, ...], placement: str) -> Tensor:
