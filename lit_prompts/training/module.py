@@ -200,7 +200,10 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
 
     def prompt_length(self) -> int:
         """Positions the prompt puts in front of an input (its output for a one-token input)."""
-        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        # On the backbone's device: Lightning calls ``setup`` (which asks this) with ``self.device``
+        # already the accelerator's while the weights are still on the CPU.
+        weights = self.backbone.model.get_input_embeddings().weight
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device if weights.is_meta else weights.device)
         with torch.no_grad():
             context = self.backbone.context({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, self.default_task)
             return self.prompt(context).prepended
