@@ -11,13 +11,52 @@ the last step) with a timing callback added; each PEFT run trains the PEFT model
 the same data module (same order, seed, AdamW learning rate and warmup, same number of steps) and
 scores it with the same metric code. Every run is its own process (its own peak memory). Writes
 ``results.json``, ``results.md`` and, with matplotlib installed, ``metric_vs_params.png`` and
-``step_time.png`` into ``--output``. A combination PEFT cannot do is reported, not fatal.
+``step_time.png`` into ``--output``. A combination PEFT cannot do is reported, not fatal; a run that
+fails is recorded with its error, the others go on, and the benchmark exits with status 1 at the end.
+
+Many runs at once (``--jobs N``): the lit_prompts runs go N at a time, each still its own process
+(PEFT runs follow, one at a time); results keep the planned order (method, learning rate, seed),
+progress lines carry the run's name, and Ctrl-C or SIGTERM stops every run. With N > 1 the runs
+share the device (and the CPU: each child gets ``OMP_NUM_THREADS`` = cores / N unless set), so
+step times and throughput are those of a shared device, slower than alone; peak memory is each
+process's own (CUDA: its allocator's peak; CPU: its RSS), and the metric is unaffected.
+
+Learning-rate sweeps: ``--lr PrefixTuning=1e-3,3e-3,1e-2`` runs every listed value (run names
+``PrefixTuning-lr0.003-seed0``); results.md then holds a row per method and learning rate and a
+method x learning-rate table. ``--lr METHOD=LR`` (one value) sets that method's rate as before;
+a method not named runs at its own ``default_lr``. ``--summary`` adds the report's compact table:
+per method (and learning rate), metric mean ± sd over seeds, trainable parameters and how many
+seeds ended at a trivial solution.
+
+Trivial solutions: the final validation's predictions, as the metrics receive them, are counted
+(no second pass): classification -> every prediction is one class; NER -> no entity predicted;
+QA -> every answer empty. Recorded per run (``trivial``, with the counts) in results.json and
+results.md.
+
+Task presets (``--task``; data under ../shared/data, see its README):
+
+- ``sst2`` (head), ``sst2_text_to_text`` (decoders such as SmolLM2: template ``Review: {text}\\nSentiment:``,
+  rank classification over " negative" / " positive");
+- ``conll2003`` (token format: a tag per token, entity-level F1);
+- ``conll2003_text_to_text`` (decoders: ``Sentence: {text}\\nEntities:`` -> ``EU [ORG]; German [MISC]``
+  or ``none``, generated greedily, at most 64 new tokens (99% of CoNLL-2003 validation targets take
+  49 SmolLM2 tokens or fewer), parsed back into tags; entity-level F1);
+- ``conll2003_sparse`` (token format): a sparse-entity set built from CoNLL-2003 into
+  ``--output/conll2003_sparse/{train,valid}.txt`` by ``build_sparse_conll`` (the recipe of
+  ``scripts/make_sparse_ner.py``), the same way for both splits and deterministically: keep the PER and
+  LOC entities and tag ORG and MISC ``O``; keep every sentence left with no entity; add the sentences
+  with entities in the order of a SHA-1 of their text, skipping any that would lift entity tokens
+  above 1/15 of all kept tokens. CoNLL-2003 itself has about one entity token in six; this set one in
+  fifteen (train 11,548 sentences, 168,206 tokens, share 0.0667; validation 2,471 sentences, 39,593
+  tokens, 0.0667). Sentence counts and shares are printed and recorded in results.json (``data``);
+- ``squad`` (span format; SQuAD v1.1 dev split by article: first 40 articles train, last 8 validation).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import inspect
 import json
 import os
@@ -27,7 +66,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,10 +96,22 @@ TASKS = {
     # For decoders (SmolLM2): the config's template, rank classification over " negative" / " positive".
     "sst2_text_to_text": {**SST2, "task_format": "text_to_text", "template": "Review: {text}\nSentiment:", "target_template": " {label}"},
     "conll2003": {"task": "ner", "task_format": "token", "max_length": 128},
+    # Built from CoNLL-2003 into --output/conll2003_sparse (build_sparse_conll): 1 entity token in 15.
+    "conll2003_sparse": {"task": "ner", "task_format": "token", "max_length": 128},
+    # For decoders (SmolLM2): entities generated as "EU [ORG]; German [MISC]" (or "none"), parsed back.
+    "conll2003_text_to_text": {"task": "ner", "task_format": "text_to_text", "template": "Sentence: {text}\nEntities:",
+                               "max_length": 128},
     "squad": {"task": "qa", "task_format": "span", "max_length": 256, "stride": 96},
 }
+# Model arguments a task needs besides the method's own (generation length for generated targets).
+TASK_MODEL_ARGS = {"conll2003_text_to_text": {"max_new_tokens": 64}}
 SST2_FILES = ("sst2/train.tsv", "sst2/dev.tsv")
-FILES = {"sst2": SST2_FILES, "sst2_text_to_text": SST2_FILES, "conll2003": ("conll2003/train.txt", "conll2003/valid.txt")}
+CONLL_FILES = ("conll2003/train.txt", "conll2003/valid.txt")
+FILES = {"sst2": SST2_FILES, "sst2_text_to_text": SST2_FILES, "conll2003": CONLL_FILES, "conll2003_text_to_text": CONLL_FILES}
+SPARSE_TYPES, SPARSE_SHARE = ("PER", "LOC"), 1 / 15
+# What the trivial flag means for each task (see PredictionCounter).
+TRIVIAL = {"classification": "every validation prediction is one class", "ner": "no entity predicted",
+           "qa": "every answer empty"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="training steps of every run (the budget)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--virtual-tokens", type=int, default=20)
-    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="learning rates (default: each method's own)")
+    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR[,LR...]",
+                   help="learning rates (default: each method's own); several values (a sweep) run each of them")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -80,6 +135,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--forward-batches", type=int, default=10,
                    help="after training, time a no-grad forward pass over the last N training batches (step / forward ratio)")
     p.add_argument("--output", default="benchmark")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="lit_prompts runs at once, each its own process (step times then are those of a shared device)")
+    p.add_argument("--summary", action="store_true",
+                   help="add the compact summary to results.md: per method (and lr) metric mean ± sd, trainable params, trivial seeds")
     p.add_argument("--param-table", action="store_true",
                    help="only count parameters of every method on a DistilBERT-base-sized and a MiniLM-sized backbone")
     p.add_argument("--peft-run", help=argparse.SUPPRESS)  # internal: be one PEFT run, given as JSON
@@ -87,38 +146,188 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --- shared by both paths -----------------------------------------------------------------------
-def data_args(args, output: Path) -> dict:
+def data_args(args, output: Path) -> tuple[dict, dict]:
+    """The data module's arguments of the task, and what was built for it (the sparse set's
+    statistics). Called once, before any run starts: files are built here, not by the runs."""
     spec = dict(TASKS[args.task])
     train, validation = args.train_file, args.validation_file
+    built = {}
     if train is None and args.task == "squad":
         split = output / "squad_split"
         if not (split / "train.json").exists():
             subprocess.run([sys.executable, str(SCRIPTS / "split_squad_by_article.py"), str(SHARED / "squad_v1.1" / "dev-v1.1.json"),
                             f"--output={split}"], check=True)
         train, validation = str(split / "train.json"), str(split / "validation.json")
+    elif train is None and args.task == "conll2003_sparse":
+        built = build_sparse_conll(SHARED / "conll2003", output / "conll2003_sparse")
+        for split, stats in built["splits"].items():
+            print(f"conll2003_sparse {split}: {stats['sentences']:,} sentences ({stats['sentences_with_entities']:,} with entities; "
+                  f"CoNLL-2003: {stats['source_sentences']:,}), {stats['tokens']:,} tokens, {stats['entity_tokens']:,} entity tokens "
+                  f"= {stats['entity_share']:.4f} (1 in {stats['one_in']:.1f}; CoNLL-2003: {stats['source_entity_share']:.4f}), "
+                  f"types {built['types']}", flush=True)
+        train, validation = built["files"]["train"], built["files"]["valid"]
     elif train is None:
         train, validation = (str(SHARED / f) for f in FILES[args.task])
     spec["data_files"] = {"train": train, "validation": validation}
     spec["batch_size"] = args.batch_size
-    return spec
+    return spec, built
 
 
-def learning_rate(args, method: str) -> float:
+def build_sparse_conll(source: Path, folder: Path, types=SPARSE_TYPES, share: float = SPARSE_SHARE) -> dict:
+    """The ``conll2003_sparse`` set: CoNLL-2003's train.txt and valid.txt made sparse by
+    ``scripts/make_sparse_ner.py``'s recipe (keep ``types``, others ``O``; every sentence with no
+    entity left; sentences with entities in SHA-1 order of their text while entity tokens stay within
+    ``share`` of all tokens), written as CoNLL column files ``folder/{train,valid}.txt`` (a file is
+    replaced whole, by rename). Returns the files and, per split, sentences, tokens and entity-token
+    share, beside the original file's."""
+    from make_sparse_ner import sentences, sparse
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"recipe": f"scripts/make_sparse_ner.py: types {list(types)} kept, others O; every sentence without entities; "
+                     f"sentences with entities in SHA-1 order while entity tokens <= {share:.4f} of all tokens",
+           "types": list(types), "target_share": share, "files": {}, "splits": {}}
+    for split in ("train", "valid"):
+        original = sentences(source / f"{split}.txt")
+        rows = sparse(original, set(types), share)
+        path = folder / f"{split}.txt"
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        partial.write_text("".join(" ".join(r) + "\n" for s in rows for r in [*s, []]), encoding="utf-8")
+        os.replace(partial, path)
+        tokens, entity = sum(len(s) for s in rows), sum(r[-1] != "O" for s in rows for r in s)
+        source_tokens = sum(len(s) for s in original)
+        source_entity = sum(r[-1] != "O" for s in original for r in s)
+        out["files"][split] = str(path)
+        out["splits"][split] = {
+            "sentences": len(rows), "sentences_with_entities": sum(any(r[-1] != "O" for r in s) for s in rows),
+            "tokens": tokens, "entity_tokens": entity, "entity_share": entity / tokens, "one_in": tokens / max(entity, 1),
+            "source_sentences": len(original), "source_tokens": source_tokens, "source_entity_tokens": source_entity,
+            "source_entity_share": source_entity / source_tokens,
+        }
+    return out
+
+
+def learning_rates(args) -> dict[str, list[float]]:
+    """Method -> its learning rates: ``--lr METHOD=LR1,LR2,...`` (one or several), else its ``default_lr``."""
     import lit_prompts
 
-    given = dict(item.split("=", 1) for item in args.lr)
-    return float(given[method]) if method in given else getattr(lit_prompts, method).default_lr
+    given = {}
+    for item in args.lr:
+        method, sep, values = item.partition("=")
+        if not sep or method not in METHODS:
+            raise SystemExit(f"--lr {item!r}: expected METHOD=LR or METHOD=LR1,LR2,... with METHOD one of {', '.join(METHODS)}")
+        try:
+            rates = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise SystemExit(f"--lr {item!r}: learning rates must be numbers") from None
+        if not rates:
+            raise SystemExit(f"--lr {item!r}: no learning rate given")
+        given[method] = list(dict.fromkeys(rates))  # in the order given, each once
+    return {m: given.get(m, [getattr(lit_prompts, m).default_lr]) for m in args.methods}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned run: an implementation, method, learning rate and seed."""
+
+    impl: str  # "lit_prompts" or "peft"
+    method: str
+    lr: float
+    seed: int
+    swept: bool  # the method runs at several learning rates: its run names carry the lr
+
+    @property
+    def name(self) -> str:
+        lr = f"-lr{self.lr:g}" if self.swept else ""
+        return f"{'peft-' if self.impl == 'peft' else ''}{self.method}{lr}-seed{self.seed}"
+
+
+def plan(args) -> list[Run]:
+    """Every run, in the report's order: method, learning rate, seed; a PEFT run after its lit_prompts run."""
+    runs = []
+    for method, rates in learning_rates(args).items():
+        for lr in rates:
+            for seed in args.seeds:
+                runs.append(Run("lit_prompts", method, lr, seed, len(rates) > 1))
+                if args.peft and method in PEFT_METHODS:
+                    runs.append(Run("peft", method, lr, seed, len(rates) > 1))
+    return runs
+
+
+class PredictionCounter:
+    """What the final validation predicted, counted as its metrics receive the predictions (no second
+    pass): the predicted class of every example (classification: scores [B, C]), the entities
+    (NER: tag lists per sentence, read as the entity F1 reads them), the empty answers (QA: SQuAD
+    prediction dicts). ``trivial``: every prediction one class / no entity predicted / every answer
+    empty (None where nothing was seen)."""
+
+    def __init__(self, task: str, label_names: list[str] | None = None):
+        self.task, self.label_names = task, list(label_names or [])
+        self.examples, self.classes, self.empty = 0, collections.Counter(), 0
+        self.entities, self.gold_entities = 0, 0
+
+    def wrap(self, collection) -> None:
+        """Count what every ``collection.update(predictions, targets)`` call receives, then update."""
+        update = collection.update
+
+        def counting_update(*args, **kwargs):
+            if args:
+                self.see(*args[:2])
+            return update(*args, **kwargs)
+
+        collection.update = counting_update  # an instance attribute: the class's method stays as it is
+
+    def see(self, predictions, gold=None) -> None:
+        if self.task == "classification":
+            best = predictions.argmax(-1).tolist()
+            self.examples += len(best)
+            self.classes.update(best)
+        elif self.task == "ner":
+            from lit_prompts.ner_spans import entity_spans  # as the entity F1 counts entities
+
+            self.examples += len(predictions)
+            self.entities += sum(len(entity_spans(tags)) for tags in predictions)
+            self.gold_entities += sum(len(entity_spans(tags)) for tags in gold or [])
+        elif self.task == "qa":
+            self.examples += len(predictions)
+            self.empty += sum(not p["prediction_text"].strip() for p in predictions)
+
+    def result(self) -> dict:
+        if not self.examples or self.task not in TRIVIAL:
+            return {"trivial": None, "trivial_detail": f"no {self.task} predictions seen"}
+        if self.task == "classification":
+            counts = {(self.label_names[k] if k < len(self.label_names) else str(k)): n for k, n in sorted(self.classes.items())}
+            return {"trivial": len(self.classes) <= 1, "trivial_detail": f"predicted classes {counts} of {self.examples}",
+                    "predicted_classes": counts}
+        if self.task == "ner":
+            return {"trivial": self.entities == 0, "trivial_detail": f"{self.entities} entities predicted ({self.gold_entities} gold) "
+                    f"in {self.examples} sentences", "predicted_entities": self.entities, "gold_entities": self.gold_entities}
+        return {"trivial": self.empty == self.examples, "trivial_detail": f"{self.empty} of {self.examples} answers empty",
+                "empty_answers": self.empty}
 
 
 class StepStats(Callback):
     """Lightning callback: per-step wall time (the whole step: forward, backward, optimizer), real
-    tokens per step, peak memory, and the validation metrics at the end, written as JSON."""
+    tokens per step, peak memory, the validation metrics at the end and whether that validation's
+    predictions were trivial (``PredictionCounter``), written as JSON."""
 
     def __init__(self, output: str, progress_every: int = 25, forward_batches: int = 10):
         super().__init__()
         self.output, self.every = output, progress_every
         self.times, self.tokens = [], []
         self.last_batches = collections.deque(maxlen=forward_batches)
+        self.counters: dict[str, PredictionCounter] = {}
+
+    def on_validation_start(self, trainer, pl_module):
+        # A fresh count for every validation: the last one (at the last step) is the one reported.
+        self.counters = {}
+        for name, collection in getattr(pl_module, "val_metrics", {}).items():
+            fmt = pl_module.formats[name]
+            self.counters[name] = PredictionCounter(fmt.task, getattr(fmt, "label_names", None))
+            self.counters[name].wrap(collection)
+
+    def on_validation_end(self, trainer, pl_module):
+        for collection in getattr(pl_module, "val_metrics", {}).values():
+            vars(collection).pop("update", None)  # the class's own update again
 
     def on_train_start(self, trainer, pl_module):
         self.memory = PeakMemory(pl_module.device)
@@ -146,6 +355,7 @@ class StepStats(Callback):
         Path(self.output).write_text(json.dumps({
             "step_times_s": self.times, "tokens": self.tokens, "peak_mem_mb": self.peak_mem_mb, "forward_times_s": self.forward_times,
             "metrics": metrics, "monitor": pl_module.monitor,
+            "predictions": {name: c.result() for name, c in self.counters.items()},
             "trainable_params": sum(p.numel() for p in pl_module.trainable_parameters()),
             "backbone_params": sum(p.numel() for p in pl_module.backbone.parameters()),
         }))
@@ -177,67 +387,118 @@ def summarize_times(times: list[float], tokens: list[int], forward: list[float])
 
 
 # --- the lit_prompts path: the CLI ------------------------------------------------------------------
-def lit_run(args, method: str, seed: int, output: Path) -> dict:
+def lit_run(args, run: Run, data: dict, output: Path) -> dict:
     import lit_prompts
 
-    folder = output / "runs" / f"{method}-seed{seed}"
+    folder = output / "runs" / run.name
     stats = folder / "stats.json"
-    model = ["--model=" + method, f"--model.backbone={args.backbone}", f"--model.warmup_ratio={args.warmup_ratio}",
-             "--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={learning_rate(args, method)}"]
-    if "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, method).__init__).parameters:
+    stats.unlink(missing_ok=True)  # never read a stale result of an earlier benchmark into this one
+    model = ["--model=" + run.method, f"--model.backbone={args.backbone}", f"--model.warmup_ratio={args.warmup_ratio}",
+             "--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={run.lr}"]
+    if "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, run.method).__init__).parameters:
         model.append(f"--model.num_virtual_tokens={args.virtual_tokens}")
+    model += [f"--model.{k}={v}" for k, v in TASK_MODEL_ARGS.get(args.task, {}).items()]
     # In a config file (JSON is YAML), values such as a template "Review: {text}\nSentiment:" stay
     # strings; on the command line jsonargparse would read them as YAML mappings.
     data_config = folder / "data.json"
     folder.mkdir(parents=True, exist_ok=True)
-    data_config.write_text(json.dumps({"data": {"init_args": data_args(args, output)}}, indent=2))
+    data_config.write_text(json.dumps({"data": {"init_args": data}}, indent=2))
     command = [
         sys.executable, "-m", "lit_prompts", "fit", *model,
         f"--config={data_config}",
-        f"--seed_everything={seed}", f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={args.steps}",
+        f"--seed_everything={run.seed}", f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={args.steps}",
         "--trainer.check_val_every_n_epoch=null", "--trainer.num_sanity_val_steps=0", f"--trainer.limit_val_batches={args.val_batches}",
         f"--trainer.precision={args.precision}", f"--trainer.accelerator={args.device}", "--trainer.devices=1",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={folder}",
         "--trainer.callbacks+=" + json.dumps({"class_path": "benchmark.StepStats",
                                               "init_args": {"output": str(stats), "forward_batches": args.forward_batches}}),
     ]
-    run_logged(command, folder, f"lit_prompts {method} seed {seed}")
+    run_logged(command, folder, run.name, threads=child_threads(args))
     result = json.loads(stats.read_text())
-    prompt = next(folder.glob("lightning_logs/version_*/prompt/prompt.safetensors"))
-    return {"impl": "lit_prompts", "method": method, "seed": seed, "command": shlex.join(command[1:]),
+    prompt = max(folder.glob("lightning_logs/version_*/prompt/prompt.safetensors"), key=lambda p: p.stat().st_mtime, default=None)
+    predictions = next(iter(result.get("predictions", {}).values()), {"trivial": None, "trivial_detail": "no predictions recorded"})
+    return {**identity(run), "command": shlex.join(command[1:]),
             "trainable_params": result["trainable_params"], "backbone_params": result["backbone_params"],
-            "exported_bytes": prompt.stat().st_size, "peak_mem_mb": result["peak_mem_mb"],
+            "exported_bytes": prompt.stat().st_size if prompt else None, "peak_mem_mb": result["peak_mem_mb"],
             "metric_name": result["monitor"], "metric": result["metrics"].get(result["monitor"]),
-            "metrics": result["metrics"], **summarize_times(result["step_times_s"], result["tokens"], result["forward_times_s"])}
+            "metrics": result["metrics"], **predictions,
+            **summarize_times(result["step_times_s"], result["tokens"], result["forward_times_s"])}
 
 
-def run_logged(command: list[str], folder: Path, title: str) -> None:
-    """Run a command, echoing its progress lines; everything else goes to folder/log.txt."""
+def identity(run: Run) -> dict:
+    return {"impl": run.impl, "method": run.method, "lr": run.lr, "seed": run.seed, "name": run.name}
+
+
+def child_threads(args) -> int | None:
+    """CPU threads of each run when several share the machine (None: the run's own default)."""
+    if args.jobs <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // args.jobs)
+
+
+# The benchmark's running children, so that an interrupt stops every one of them (--jobs).
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+_PRINT_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    with _PRINT_LOCK:
+        print(line, flush=True)
+
+
+def stop_children() -> None:
+    """Kill every running child and start no more (an interrupted or terminated benchmark)."""
+    with _CHILDREN_LOCK:
+        _STOPPING.set()
+        for proc in _CHILDREN:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def run_logged(command: list[str], folder: Path, name: str, threads: int | None = None) -> None:
+    """Run a command, echoing its progress lines prefixed with the run's name; everything else goes to
+    folder/log.txt."""
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH")]))}
-    print(f"[{time.strftime('%H:%M:%S')}] {title}", flush=True)
-    with open(folder / "log.txt", "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env) as proc:
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    say(f"[{time.strftime('%H:%M:%S')}] {name}: start")
+    with open(folder / "log.txt", "w") as log:
+        with _CHILDREN_LOCK:
+            if _STOPPING.is_set():
+                raise RuntimeError(f"{name}: not started, the benchmark is stopping")
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            _CHILDREN.add(proc)
         try:
             for line in proc.stdout:
                 if line.startswith(("PROGRESS", "UNSUPPORTED")):
-                    print("    " + line.strip(), flush=True)
+                    say(f"[{name}] {line.strip()}")
                 log.write(line)
         finally:  # a benchmark stopped (Ctrl-C, SIGTERM from a time limit) stops its run too
             if proc.poll() is None:
                 proc.kill()
-        if proc.wait() != 0:
+            proc.wait()
+            proc.stdout.close()
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
+        if proc.returncode != 0:
             log.flush()
             tail = (folder / "log.txt").read_text()[-3000:]
-            raise RuntimeError(f"{title} failed (rc {proc.returncode}), see {folder / 'log.txt'}:\n{tail}")
+            lines = [line.strip() for line in tail.splitlines() if line.strip()]
+            last = next((line for line in reversed(lines) if "Error" in line or "error:" in line or "Exception" in line),
+                        lines[-1] if lines else "")  # the exception, or the CLI's error line
+            raise RuntimeError(f"{name} failed (rc {proc.returncode}): {last[:300]} (see {folder / 'log.txt'})\n{tail}")
 
 
 # --- the PEFT path -------------------------------------------------------------------------------------
-def peft_run(args, method: str, seed: int, output: Path) -> dict:
-    folder = output / "runs" / f"peft-{method}-seed{seed}"
-    spec = {"method": method, "seed": seed, "lr": learning_rate(args, method), "data": data_args(args, output),
-            "result": str(folder / "stats.json")}
-    run_logged([sys.executable, __file__, *sys.argv[1:], "--peft-run", json.dumps(spec)], folder, f"PEFT {method} seed {seed}")
-    return json.loads((folder / "stats.json").read_text())
+def peft_run(args, run: Run, data: dict, output: Path) -> dict:
+    folder = output / "runs" / run.name
+    spec = {"method": run.method, "seed": run.seed, "lr": run.lr, "data": data, "result": str(folder / "stats.json")}
+    (folder / "stats.json").unlink(missing_ok=True)
+    run_logged([sys.executable, __file__, *sys.argv[1:], "--peft-run", json.dumps(spec)], folder, run.name, threads=child_threads(args))
+    return {**json.loads((folder / "stats.json").read_text()), **identity(run)}
 
 
 class PeftPrompted(PromptedModel):
@@ -384,6 +645,8 @@ def peft_worker(args) -> None:
     with autocast:
         forward = forward_times(loss_of, batches[len(batches) - args.forward_batches:], device)
     metrics = scoring.metrics().clone(prefix="val/").to(device)
+    counter = PredictionCounter(task, data.label_names)
+    counter.wrap(metrics)
     model.eval()
     loader = data.val_dataloader()
     limit = int(args.val_batches) if args.val_batches > 1 else int(len(loader) * args.val_batches)
@@ -399,7 +662,7 @@ def peft_worker(args) -> None:
         **result, "trainable_params": sum(p.numel() for p in params),
         "backbone_params": sum(p.numel() for p in model.get_base_model().base_model.parameters()),
         "exported_bytes": exported, "peak_mem_mb": peak, "metric_name": scoring.monitor, "metric": values.get(scoring.monitor),
-        "metrics": values, **summarize_times(times, tokens, forward)}))
+        "metrics": values, **counter.result(), **summarize_times(times, tokens, forward)}))
 
 
 def build_peft_model(args, method: str, task_format: str, label_names: list[str]):
@@ -460,26 +723,67 @@ def batches_of(loader, steps: int, device) -> list[dict]:
 
 
 # --- report ------------------------------------------------------------------------------------------
+def swept_methods(runs: list[dict]) -> set[tuple[str, str]]:
+    """(impl, method) pairs that ran at several learning rates."""
+    lrs = collections.defaultdict(set)
+    for r in runs:
+        lrs[r["impl"], r["method"]].add(r.get("lr"))
+    return {key for key, values in lrs.items() if len(values) > 1}
+
+
+def label(r: dict, swept: set) -> str:
+    """A summary row's method, with its learning rate where the method was swept."""
+    return f"{r['method']}, lr {r['lr']:g}" if (r["impl"], r["method"]) in swept and r.get("lr") is not None else r["method"]
+
+
 def summarize(runs: list[dict]) -> list[dict]:
+    """One row per implementation, method and learning rate, in the runs' order: the metric's mean
+    and sd over the seeds that finished, sizes, median timings, and how many seeds were trivial."""
     rows = []
-    for impl, method in dict.fromkeys((r["impl"], r["method"]) for r in runs):
-        group = [r for r in runs if (r["impl"], r["method"]) == (impl, method)]
-        if "unsupported" in group[0]:
-            rows.append({"impl": impl, "method": method, "unsupported": group[0]["unsupported"]})
+    for impl, method, lr in dict.fromkeys((r["impl"], r["method"], r.get("lr")) for r in runs):
+        group = [r for r in runs if (r["impl"], r["method"], r.get("lr")) == (impl, method, lr)]
+        head = {"impl": impl, "method": method, "lr": lr, "runs": len(group)}
+        unsupported = [r for r in group if "unsupported" in r]
+        if unsupported:
+            rows.append({**head, "unsupported": unsupported[0]["unsupported"]})
             continue
-        metrics = [r["metric"] for r in group]
-        first = group[0]
+        done = [r for r in group if "error" not in r]
+        failed = {"failed": len(group) - len(done), "errors": [r["error"][:300] for r in group if "error" in r]}
+        if not done:
+            rows.append({**head, **failed})
+            continue
+        metrics = [r["metric"] for r in done if r.get("metric") is not None]
+        first = done[0]
         rows.append({
-            "impl": impl, "method": method, "seeds": [r["seed"] for r in group], "metric_name": first["metric_name"],
-            "metric_mean": statistics.mean(metrics), "metric_std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
+            **head, **failed, "seeds": [r["seed"] for r in done], "metric_name": first["metric_name"],
+            "metric_mean": statistics.mean(metrics) if metrics else None,
+            "metric_std": statistics.stdev(metrics) if len(metrics) > 1 else 0.0,
             "trainable_params": first["trainable_params"], "trainable_pct": 100 * first["trainable_params"] / first["backbone_params"],
-            "exported_bytes": first["exported_bytes"],
-            "median_step_ms": statistics.median(r["median_step_ms"] for r in group),
-            "step_over_forward": _median_of(group, "step_over_forward"),
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in group),
-            "peak_mem_mb": max(r["peak_mem_mb"] for r in group),
+            "exported_bytes": first.get("exported_bytes"),
+            "median_step_ms": statistics.median(r["median_step_ms"] for r in done),
+            "step_over_forward": _median_of(done, "step_over_forward"),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in done),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in done),
+            "trivial": sum(r.get("trivial") is True for r in done),
+            "trivial_known": sum(r.get("trivial") is not None for r in done),
         })
     return rows
+
+
+def finished(row: dict) -> bool:
+    return "unsupported" not in row and "metric_name" in row
+
+
+def trivial_count(row: dict) -> str:
+    """``1/3 trivial``: of the row's runs (failed ones count as not known)."""
+    unknown = row["runs"] - row.get("trivial_known", 0)
+    return f"{row.get('trivial', 0)}/{row['runs']} trivial" + (f" ({unknown} not known)" if unknown else "")
+
+
+def mean_sd(row: dict) -> str:
+    if row.get("metric_mean") is None:
+        return "no metric"
+    return f"{row['metric_mean']:.4f} ± {row['metric_std']:.4f}"
 
 
 def _median_of(group: list[dict], key: str):
@@ -488,13 +792,21 @@ def _median_of(group: list[dict], key: str):
 
 
 def ratios(summary: list[dict]) -> dict:
-    by = {(r["impl"], r["method"]): r for r in summary if "unsupported" not in r}
+    done = [r for r in summary if finished(r)]
+    by = {}
+    for r in done:  # step times and sizes do not depend on the learning rate: a method's first row
+        by.setdefault((r["impl"], r["method"]), r)
+    swept = {(r["impl"], r["method"]) for r in done if r is not by[r["impl"], r["method"]]}
     out = {}
     for method in PEFT_METHODS:
         lit, ref = by.get(("lit_prompts", method)), by.get(("peft", method))
         if lit and ref:
             out[f"{method}: step time lit_prompts / PEFT"] = lit["median_step_ms"] / ref["median_step_ms"]
-            out[f"{method}: metric lit_prompts - PEFT"] = lit["metric_mean"] - ref["metric_mean"]
+        for lit in (r for r in done if (r["impl"], r["method"]) == ("lit_prompts", method)):
+            ref = next((r for r in done if (r["impl"], r["method"], r["lr"]) == ("peft", method, lit["lr"])), None)
+            if ref and lit["metric_mean"] is not None and ref["metric_mean"] is not None:
+                at = f" (lr {lit['lr']:g})" if ("lit_prompts", method) in swept else ""
+                out[f"{method}: metric lit_prompts - PEFT{at}"] = lit["metric_mean"] - ref["metric_mean"]
     pairs = (("PromptTuning", "PrefixTuning"), ("PrefixTuning", "FullFineTuning"), ("PTuningV2", "FullFineTuning"))
     for a, b in pairs:
         if ("lit_prompts", a) in by and ("lit_prompts", b) in by:
@@ -503,45 +815,127 @@ def ratios(summary: list[dict]) -> dict:
         if r.get("step_over_forward") is not None and method != "FullFineTuning":
             out[f"{method} ({impl}): step / no-grad forward over the same batches"] = r["step_over_forward"]
     for (impl, method), r in by.items():
-        if impl == "lit_prompts" and method != "FullFineTuning":
+        if impl == "lit_prompts" and method != "FullFineTuning" and r.get("exported_bytes") is not None:
             out[f"{method}: exported bytes - trainable bytes (fp32)"] = r["exported_bytes"] - 4 * r["trainable_params"]
     return out
 
 
-def machine(args) -> str:
+@functools.cache
+def _machine(device: str) -> str:
     import torch
 
-    if args.device == "gpu" and torch.cuda.is_available():
+    if device == "gpu" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def write_report(args, output: Path, runs: list[dict], command: str) -> dict:
+def machine(args) -> str:
+    return _machine(args.device)
+
+
+def shared_device_note(args) -> str | None:
+    if args.jobs <= 1:
+        return None
+    threads = child_threads(args)
+    return (f"{args.jobs} lit_prompts runs at a time on one {args.device}: step times and tokens/s are those of a shared "
+            f"device (slower than alone); peak memory is each run's own process; metrics are unaffected"
+            + (f"; each run had OMP_NUM_THREADS={threads}" if threads else ""))
+
+
+def write_report(args, output: Path, runs: list[dict], command: str, data: dict | None = None, plot: bool = True) -> dict:
     summary = summarize(runs)
+    swept = swept_methods(runs)
+    task = TASKS[args.task]["task"]
     result = {"command": command, "machine": machine(args), "config": {k: v for k, v in vars(args).items() if k != "peft_run"},
+              "shared_device": shared_device_note(args), "trivial_means": TRIVIAL.get(task), "data": data or {},
               "runs": runs, "summary": summary, "ratios": ratios(summary)}
     (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"`{command}`", "", f"{result['machine']}; {args.task}, {args.steps} steps of batch {args.batch_size}, "
-             f"{args.precision}, seeds {args.seeds}", "",
-             "| method | impl | trainable (% of backbone) | exported | step ms (median) | step / forward | tokens/s | peak mem MB "
-             "| metric (mean ± sd) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{args.precision}, seeds {args.seeds}"]
+    if result["shared_device"]:
+        lines[-1] += f"; {result['shared_device']}"
+    for split, stats in (data or {}).get("splits", {}).items():
+        lines += ["", f"{args.task} {split}: {stats['sentences']:,} sentences ({stats['sentences_with_entities']:,} with entities), "
+                      f"{stats['tokens']:,} tokens, entity-token share {stats['entity_share']:.4f} (1 in {stats['one_in']:.1f}; "
+                      f"CoNLL-2003 {split}: {stats['source_sentences']:,} sentences, {stats['source_entity_share']:.4f})"]
+    if data and data.get("recipe"):
+        lines += ["", f"Recipe: {data['recipe']}."]
+    lines += ["", "| method | impl | lr | trainable (% of backbone) | exported | step ms (median) | step / forward | tokens/s "
+              "| peak mem MB | metric (mean ± sd) | trivial |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
+        lr = "" if r.get("lr") is None else f"{r['lr']:g}"
         if "unsupported" in r:
-            lines.append(f"| {r['method']} | {r['impl']} | not supported: {r['unsupported'][:120]} | | | | | | |")
+            lines.append(f"| {r['method']} | {r['impl']} | {lr} | not supported: {r['unsupported'][:120]} | | | | | | | |")
+            continue
+        if not finished(r):
+            lines.append(f"| {r['method']} | {r['impl']} | {lr} | failed ({r['failed']}/{r['runs']} runs): "
+                         f"{r['errors'][0].splitlines()[0][:120]} | | | | | | | |")
             continue
         ratio = "" if r.get("step_over_forward") is None else f"{r['step_over_forward']:.2f}"
+        exported = "" if r.get("exported_bytes") is None else f"{r['exported_bytes'] / 1024:,.1f} KB"
+        failed = f" ({r['failed']} of {r['runs']} runs failed)" if r["failed"] else ""
         lines.append(
-            f"| {r['method']} | {r['impl']} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | {r['exported_bytes'] / 1024:,.1f} KB "
+            f"| {r['method']} | {r['impl']} | {lr} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | {exported} "
             f"| {r['median_step_ms']:.1f} | {ratio} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:,.0f} "
-            f"| {r['metric_name']} {r['metric_mean']:.4f} ± {r['metric_std']:.4f} |")
+            f"| {r['metric_name']} {mean_sd(r)}{failed} | {trivial_count(r)} |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
+    lines += ["", "## Runs", "", f"trivial: {TRIVIAL.get(task, 'not defined for this task')} (the final validation's predictions)",
+              "", "| run | impl | lr | seed | metric | trivial | predictions / error |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if "error" in r or "unsupported" in r:
+            text = (r.get("error") or r.get("unsupported") or "").strip().splitlines()
+            what = "failed" if "error" in r else "not supported"
+            lines.append(f"| {r['name']} | {r['impl']} | {r['lr']:g} | {r['seed']} | {what} | | {text[0][:150] if text else ''} |")
+            continue
+        metric = "" if r.get("metric") is None else f"{r['metric_name']} {r['metric']:.4f}"
+        flag = {True: "yes", False: "no", None: "?"}[r.get("trivial")]
+        lines.append(f"| {r['name']} | {r['impl']} | {r['lr']:g} | {r['seed']} | {metric} | {flag} | {r.get('trivial_detail', '')} |")
+    if swept:
+        lines += sweep_table(summary, swept)
+    if args.summary:
+        lines += summary_table(summary, swept)
     (output / "results.md").write_text("\n".join(lines) + "\n")
-    plots(output, summary)
+    if plot:
+        plots(output, summary, swept)
     return result
 
 
-def plots(output: Path, summary: list[dict]) -> None:
+def sweep_table(summary: list[dict], swept: set) -> list[str]:
+    """The learning-rate sweep: per method, each learning rate's metric over the seeds, the best marked."""
+    lines = ["", "## Learning-rate sweep", "", "| method | impl | lr | metric (mean ± sd over seeds) | trivial | best |",
+             "|---|---|---|---|---|---|"]
+    for impl, method in dict.fromkeys((r["impl"], r["method"]) for r in summary if (r["impl"], r["method"]) in swept):
+        rows = sorted((r for r in summary if (r["impl"], r["method"]) == (impl, method)), key=lambda r: r["lr"])
+        scored = [r for r in rows if finished(r) and r["metric_mean"] is not None]
+        best = max(scored, key=lambda r: r["metric_mean"], default=None)
+        for r in rows:
+            if not finished(r):
+                what = "not supported" if "unsupported" in r else f"failed ({r['failed']}/{r['runs']})"
+                lines.append(f"| {method} | {impl} | {r['lr']:g} | {what} | | |")
+                continue
+            lines.append(f"| {method} | {impl} | {r['lr']:g} | {r['metric_name']} {mean_sd(r)} | {trivial_count(r)} "
+                         f"| {'best' if r is best else ''} |")
+    return lines
+
+
+def summary_table(summary: list[dict], swept: set) -> list[str]:
+    """The defaults report's table (--summary): metric mean ± sd over seeds, trainable parameters,
+    trivial seeds, per method (and learning rate where swept)."""
+    lines = ["", "## Summary", "", "| method | impl | lr | metric (mean ± sd over seeds) | seeds | trainable params | trivial |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lr = "" if r.get("lr") is None else f"{r['lr']:g}"
+        if not finished(r):
+            what = "not supported" if "unsupported" in r else f"failed ({r['failed']}/{r['runs']})"
+            lines.append(f"| {r['method']} | {r['impl']} | {lr} | {what} | | | |")
+            continue
+        lines.append(f"| {r['method']} | {r['impl']} | {lr} | {r['metric_name']} {mean_sd(r)} | {len(r['seeds'])} "
+                     f"| {r['trainable_params']:,} | {trivial_count(r)} |")
+    return lines
+
+
+def plots(output: Path, summary: list[dict], swept: set = frozenset()) -> None:
     try:
         import matplotlib
 
@@ -550,11 +944,11 @@ def plots(output: Path, summary: list[dict]) -> None:
     except ImportError:
         print("matplotlib is not installed: no PNG plots (pip install matplotlib)", flush=True)
         return
-    done = [r for r in summary if "unsupported" not in r]
+    done = [r for r in summary if finished(r) and r["metric_mean"] is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in done:
         ax.errorbar(r["trainable_params"], r["metric_mean"], yerr=r["metric_std"], fmt="o" if r["impl"] == "lit_prompts" else "s",
-                    capsize=3, label=f"{r['method']} ({r['impl']})")
+                    capsize=3, label=f"{label(r, swept)} ({r['impl']})")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(done[0]["metric_name"] if done else "metric")
@@ -562,7 +956,7 @@ def plots(output: Path, summary: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(output / "metric_vs_params.png", dpi=120)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.barh([f"{r['method']} ({r['impl']})" for r in done], [r["median_step_ms"] for r in done])
+    ax.barh([f"{label(r, swept)} ({r['impl']})" for r in done], [r["median_step_ms"] for r in done])
     ax.set_xlabel("median step time (ms)")
     fig.tight_layout()
     fig.savefig(output / "step_time.png", dpi=120)
@@ -604,28 +998,88 @@ def param_table(args) -> None:
     print("\n".join(lines))
 
 
+def execute(args, planned: list[Run], data: dict, output: Path, command: str, built: dict) -> list[dict]:
+    """Every planned run; results in the planned order, the report rewritten as each run ends (partial
+    results survive an interrupted benchmark). With --jobs N > 1 the lit_prompts runs go N at a time
+    in a thread pool (each thread waits on its own process); PEFT runs follow one at a time. A failed
+    run is recorded with its error; an interrupt (Ctrl-C, SIGTERM) stops every run."""
+    results: dict[int, dict] = {}
+    peft_cannot: dict[str, str] = {}  # method -> why: a combination PEFT cannot do is the same for every seed and lr
+
+    def one(run: Run) -> dict | None:
+        if run.impl == "peft" and run.method in peft_cannot:
+            return None
+        start = time.perf_counter()
+        try:
+            record = (lit_run if run.impl == "lit_prompts" else peft_run)(args, run, data, output)
+        except Exception as error:  # noqa: BLE001 — reported, and the other runs go on
+            record = {**identity(run), "error": f"{type(error).__name__}: {error}"}
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            say(f"[{time.strftime('%H:%M:%S')}] {run.name}: {'stopped' if _STOPPING.is_set() else 'FAILED'}: {first}")
+        else:
+            if "unsupported" in record:
+                peft_cannot[run.method] = record["unsupported"]
+                say(f"[{time.strftime('%H:%M:%S')}] {run.name}: not supported by PEFT: {record['unsupported'][:120]}")
+            else:
+                metric = "no metric" if record.get("metric") is None else f"{record['metric_name']} {record['metric']:.4f}"
+                say(f"[{time.strftime('%H:%M:%S')}] {run.name}: done, {metric}, trivial {record.get('trivial')} "
+                    f"({time.perf_counter() - start:.0f} s)")
+        record["wall_s"] = round(time.perf_counter() - start, 1)
+        return record
+
+    def keep(index: int, record: dict | None) -> None:
+        if record is not None:
+            results[index] = record
+            write_report(args, output, [results[i] for i in sorted(results)], command, built, plot=False)
+
+    parallel = [(i, r) for i, r in enumerate(planned) if r.impl == "lit_prompts"] if args.jobs > 1 else []
+    if parallel:
+        pool = ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="run")
+        try:
+            pending = {pool.submit(one, run): i for i, run in parallel}
+            while pending:  # a timed wait: the main thread stays responsive to Ctrl-C and SIGTERM
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    keep(pending.pop(future), future.result())
+        except BaseException:
+            stop_children()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    in_pool = {i for i, _ in parallel}
+    for i, run in enumerate(planned):
+        if i not in in_pool:
+            keep(i, one(run))
+    return [results[i] for i in sorted(results)]
+
+
 def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the running child is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the running children are stopped
     args = parse_args()
     if args.peft_run:
         return peft_worker(args)
     if args.param_table:
         return param_table(args)
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]])
-    runs = []
-    for method in args.methods:
-        peft = args.peft and method in PEFT_METHODS
-        for seed in args.seeds:
-            runs.append(lit_run(args, method, seed, output))
-            if peft:
-                runs.append(peft_run(args, method, seed, output))
-                peft = "unsupported" not in runs[-1]  # an unsupported combination is the same for every seed
-        write_report(args, output, runs, command)  # partial results survive an interrupted benchmark
-    result = write_report(args, output, runs, command)
+    planned = plan(args)
+    data, built = data_args(args, output)  # built once, before any run starts
+    if args.jobs > 1:
+        say(f"{len(planned)} runs, {min(args.jobs, len(planned))} at a time: {shared_device_note(args)}")
+    try:
+        runs = execute(args, planned, data, output, command, built)
+    except BaseException:
+        stop_children()
+        raise
+    result = write_report(args, output, runs, command, built)
     print((output / "results.md").read_text())
     print(f"results: {output / 'results.json'}")
+    failed = [r["name"] for r in runs if "error" in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)} (errors in results.json and runs/*/log.txt)")
     return result
 
 

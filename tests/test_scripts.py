@@ -134,3 +134,98 @@ def test_call_cost_benchmark_smoke(tiny_backbone):
     timed = [line for line in out if "positions:" in line]
     assert len(timed) == 12 and all(float(line.split(":")[1].split()[0]) > 0 for line in timed)
     assert out[-1].startswith("time = ") and "call cost" in out[-1] and "cpu, float32" in out[-1]
+
+
+def load_benchmark(monkeypatch):
+    """scripts/benchmark.py as a module (it imports its neighbours in scripts/)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "benchmark", module)  # (its dataclass looks itself up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_jobs_run_an_lr_sweep_in_parallel_and_record_a_failed_run(tiny_backbone, tmp_path):
+    """--jobs 2: both learning rates of the sweep run (and a third run that fails is recorded, not
+    fatal to the others; the benchmark then exits with status 1), results in the planned order."""
+    output = tmp_path / "bench"
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), f"--backbone={tiny_backbone('bert')}",
+               *sst2_like_files(tmp_path), "--methods", "PromptTuning", "PTuningV2", "--lr", "PromptTuning=0.03,0.1",
+               "PTuningV2=-1", "--jobs=2", "--summary", "--steps=3", "--batch-size=8", "--virtual-tokens=2", "--seeds", "0",
+               "--forward-batches=2", f"--output={output}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "1 of 3 runs failed: PTuningV2-seed0" in done.stderr, done.stderr[-2000:]
+    assert "[PromptTuning-lr0.03-seed0] PROGRESS step 3/3" in done.stdout  # progress lines carry the run's name
+    result = json.loads((output / "results.json").read_text())
+    runs = result["runs"]
+    assert [r["name"] for r in runs] == ["PromptTuning-lr0.03-seed0", "PromptTuning-lr0.1-seed0", "PTuningV2-seed0"]
+    assert [r["lr"] for r in runs] == [0.03, 0.1, -1.0]
+    for run in runs[:2]:
+        assert 0 <= run["metric"] <= 1 and isinstance(run["trivial"], bool) and "predicted classes" in run["trivial_detail"]
+        assert "--model.optimizer.lr=" + str(run["lr"]) in run["command"]
+    assert "Invalid learning rate" in runs[2]["error"]
+    rows = {(r["method"], r["lr"]): r for r in result["summary"]}
+    assert rows["PromptTuning", 0.03]["seeds"] == [0] == rows["PromptTuning", 0.1]["seeds"]
+    assert rows["PTuningV2", -1.0]["failed"] == 1
+    assert result["config"]["jobs"] == 2 and "shared device" in result["shared_device"]
+    report = (output / "results.md").read_text()
+    assert "| PromptTuning | lit_prompts | 0.03 |" in report and "| PromptTuning | lit_prompts | 0.1 |" in report
+    sweep = report.split("## Learning-rate sweep")[1].split("## Summary")[0]
+    assert sweep.count("| PromptTuning | lit_prompts |") == 2
+    summary = report.split("## Summary")[1]
+    assert summary.count("| PromptTuning | lit_prompts |") == 2 and "/1 trivial" in summary and "failed (1/1)" in summary
+
+
+def test_benchmark_sparse_conll_builder_reaches_the_documented_share(monkeypatch, tmp_path):
+    """The conll2003_sparse preset's data, from the real CoNLL-2003 files: PER and LOC only, one
+    entity token in fifteen, the counts the benchmark's docstring gives, files lit_prompts reads."""
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+
+    from lit_prompts.data.conll import read_conll
+
+    if not (SHARED_DATA / "conll2003").is_dir():
+        pytest.skip("../shared/data/conll2003 is not here")
+    benchmark = load_benchmark(monkeypatch)
+    built = benchmark.build_sparse_conll(SHARED_DATA / "conll2003", tmp_path / "sparse")
+    documented = {"train": (11548, 168206), "valid": (2471, 39593)}
+    for split, stats in built["splits"].items():
+        assert (stats["sentences"], stats["tokens"]) == documented[split]
+        assert 1 / 15 - 0.002 < stats["entity_share"] <= 1 / 15 < stats["source_entity_share"] / 2  # CoNLL's own: ~1 in 6
+        rows = read_conll([built["files"][split]], [split])
+        tags = [t for sentence in rows["ner_tags"] for t in sentence]
+        assert len(rows) == stats["sentences"] and len(tags) == stats["tokens"]
+        assert {t[2:] for t in tags if t != "O"} == {"PER", "LOC"} and sum(t != "O" for t in tags) == stats["entity_tokens"]
+    again = benchmark.build_sparse_conll(SHARED_DATA / "conll2003", tmp_path / "again")
+    assert all(Path(built["files"][s]).read_bytes() == Path(again["files"][s]).read_bytes() for s in ("train", "valid"))
+
+
+def test_benchmark_prediction_counter_flags_trivial_solutions(monkeypatch):
+    """The trivial flag reads the predictions the metrics receive: one class, no entity, empty answers."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy
+
+    benchmark = load_benchmark(monkeypatch)
+    counter = benchmark.PredictionCounter("classification", ["negative", "positive"])
+    metrics = MetricCollection({"accuracy": MulticlassAccuracy(2, average="micro")})
+    counter.wrap(metrics)
+    metrics.update(torch.tensor([[2.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 1]))
+    assert counter.result()["trivial"] is True and counter.result()["predicted_classes"] == {"negative": 2}
+    assert float(metrics.compute()["accuracy"]) == 0.5  # the metrics still got the update
+    metrics.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert counter.result()["trivial"] is False
+    ner = benchmark.PredictionCounter("ner")
+    ner.see([["O", "O"], ["O"]], [["B-PER", "O"], ["B-LOC"]])
+    assert ner.result()["trivial"] is True and ner.result()["gold_entities"] == 2
+    ner.see([["I-PER"]], [["O"]])  # an entity starts at an I- tag too, as the entity F1 reads it
+    assert ner.result()["trivial"] is False and ner.result()["predicted_entities"] == 1
+    qa = benchmark.PredictionCounter("qa")
+    qa.see([{"prediction_text": "", "id": "a"}, {"prediction_text": " ", "id": "b"}])
+    assert qa.result()["trivial"] is True
+    qa.see([{"prediction_text": "paris", "id": "c"}])
+    assert qa.result() == {**qa.result(), "trivial": False, "empty_answers": 2}
+    assert benchmark.PredictionCounter("ner").result()["trivial"] is None  # nothing seen: not known
