@@ -22,6 +22,7 @@ from .loading import import_class, method_class
 from .safe_reading import read_checkpoint
 from .sharding import STRATEGY_NAME, ShardedPromptStrategy, load_on_rank_zero
 from .training import PromptMethod
+from .training.collapse import CollapseDetector
 
 # Settings of a --ckpt_path run that the command decides: how to predict, and where the backbone is
 # (a copy elsewhere is fine: loading checks its architecture and weights digest against the checkpoint's).
@@ -39,7 +40,8 @@ class LitPromptsCLI(LightningCLI):
     - methods with per-task tensors get DDP's unused-parameter detection (``strategy: ddp`` becomes
       ``ddp_find_unused_parameters_true``): a batch of one task leaves the others' tensors unused;
     - the best checkpoint on the monitored metric, ``last.ckpt`` with the latest state (to resume),
-      export of the best prompt, and a JSONL prediction writer;
+      export of the best prompt, a JSONL prediction writer, and a warning when validation predictions
+      collapse to a trivial answer (``CollapseDetector``; ``--collapse.enabled false`` switches it off);
     - the default logger is ``CSVLogger`` (``<default_root_dir>/lightning_logs/version_N/metrics.csv``) whatever is
       installed, where Lightning would switch to TensorBoard once it is; a logger whose package is missing
       stops the run before it starts, with what to install.
@@ -190,6 +192,7 @@ class LitPromptsCLI(LightningCLI):
         )
         parser.add_lightning_class_args(ExportPrompt, "export")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(CollapseDetector, "collapse")
 
 
 def is_sharding(strategy) -> bool:

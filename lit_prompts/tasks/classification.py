@@ -12,6 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..pooling import pool_hidden
+from .metrics import synced_states
 from .protocol import PromptedModel
 
 Pooling = Literal["auto", "first", "last", "mean"]
@@ -35,6 +36,17 @@ class ClassificationFormat(nn.Module):
         n = len(self.label_names)
         return MetricCollection({"accuracy": MulticlassAccuracy(n, average="micro"),
                                  "macro_f1": MulticlassF1Score(n, average="macro")})
+
+    def trivial_predictions(self, metrics: MetricCollection) -> str | None:
+        """What was trivial about the predictions ``metrics`` counted in every process (one class for
+        every example, where the examples are of several classes), or None. Every process must call it."""
+        if "macro_f1" not in metrics:
+            return None
+        tp, fp, fn = synced_states(metrics["macro_f1"], "tp", "fp", "fn")  # per class
+        predicted, gold = tp + fp, tp + fn
+        if int((gold > 0).sum()) < 2 or int((predicted > 0).sum()) != 1:
+            return None
+        return f"predicted {self.label_names[int(predicted.argmax())]!r} for all {int(gold.sum())} validation examples"
 
     def scores(self, model: PromptedModel, batch: dict) -> Tensor:
         """[B, num_labels]."""

@@ -10,7 +10,7 @@ from torchmetrics import MetricCollection
 from ..formats import IGNORE_INDEX
 from ..ner_spans import entity_spans, parse_linearized
 from .classification import TextToText, classifier
-from .metrics import EntityF1
+from .metrics import EntityF1, synced_states
 from .protocol import PromptedModel
 
 
@@ -26,6 +26,15 @@ class NerFormat(nn.Module):
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"entity": EntityF1()})
+
+    def trivial_predictions(self, metrics: MetricCollection) -> str | None:
+        """What was trivial about the predictions ``metrics`` counted in every process (no entity at all,
+        where there are some), or None. Every process must call it."""
+        predicted, gold, sentences = synced_states(metrics["entity"], "predicted", "gold", "sentences")
+        if int(predicted) > 0 or int(gold) == 0:
+            return None
+        return (f"predicted no entity (every tag 'O') in all {int(sentences)} validation sentences, "
+                f"which hold {int(gold)} entities")
 
     def predicted_tags(self, model: PromptedModel, batch: dict) -> list[list[str]]:
         """Per sentence: one predicted tag per word (words cut off by max_length get ``O``)."""

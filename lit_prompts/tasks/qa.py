@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.text import SQuAD
 
 from .classification import TextToText, classifier
+from .metrics import SQuADAnswers, synced_states, text_digest
 from .protocol import PromptedModel
 
 
@@ -24,7 +24,20 @@ class QaFormat(nn.Module):
         self.label_names = list(label_names)
 
     def metrics(self) -> MetricCollection:
-        return MetricCollection({"squad": SQuAD()})
+        return MetricCollection({"squad": SQuADAnswers()})
+
+    def trivial_predictions(self, metrics: MetricCollection) -> str | None:
+        """What was trivial about the answers ``metrics`` counted in every process (all empty; or all the
+        same, where the questions' answers differ), or None. Every process must call it."""
+        total, low, high, gold_low, gold_high = synced_states(
+            metrics["squad"], "total", "answer_min", "answer_max", "gold_min", "gold_max")
+        if int(total) == 0 or int(low) != int(high):
+            return None
+        if int(low) == text_digest(""):
+            return f"answered nothing (an empty answer) to all {int(total)} validation questions"
+        if int(gold_low) != int(gold_high):
+            return f"gave the same answer to all {int(total)} validation questions"
+        return None
 
     def answers(self, model: PromptedModel, batch: dict) -> list[tuple[str, float, int]]:
         """Per example: (answer text, score, character start)."""
