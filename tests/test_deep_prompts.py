@@ -275,7 +275,7 @@ def test_reparameterised_prompt_folds_into_an_export_with_the_same_outputs(metho
 def test_reparameterised_prefix_tuning_under_ddp_and_resume(tiny_backbone, reviews, tmp_path):
     args = [
         "--model=PrefixTuning", f"--model.backbone={tiny_backbone('gpt2')}", "--model.num_virtual_tokens=3",
-        "--model.reparam_hidden_size=16", "--data.batch_size=8", data_files_arg(reviews), "--seed_everything=3",
+        "--model.reparameterize=true", "--model.reparam_hidden_size=16", "--data.batch_size=8", data_files_arg(reviews), "--seed_everything=3",
     ]
     cli = run_cli("fit", *args, "--trainer.max_epochs=1", "--trainer.strategy=ddp_spawn", "--trainer.devices=2",
                   root=tmp_path / "ddp")

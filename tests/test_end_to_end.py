@@ -13,7 +13,6 @@ import lit_prompts
 from lit_prompts.backbone import load_backbone
 
 P = 4  # virtual tokens
-MLP = 16  # reparameterisation width
 METHODS = ("PromptTuning", "PTuning", "PrefixTuning", "PTuningV2")
 CASES = [(method, arch, fmt) for method in METHODS for arch, formats in FORMATS.items() for fmt in formats]
 
@@ -36,14 +35,8 @@ def expected_trainable(model) -> dict[str, int]:
         sizes |= {"encoder.mlp.0.weight": H * H, "encoder.mlp.0.bias": H, "encoder.mlp.2.weight": H * H, "encoder.mlp.2.bias": H}
     elif method == "PTuningV2":
         sizes = {"deep_prompts": layers * P * f.hidden_size}
-    else:  # PrefixTuning, reparameterised: embedding [P, H] -> Linear(H, MLP) -> Tanh -> Linear(MLP, L*2*H_kv*d),
-        # added to the initial prefix (a frozen buffer: neither trainable nor counted)
-        out = layers * 2 * kv_width
-        sizes = {
-            "reparam.embedding": P * f.hidden_size,
-            "reparam.mlp.0.weight": f.hidden_size * MLP, "reparam.mlp.0.bias": MLP,
-            "reparam.mlp.2.weight": MLP * out, "reparam.mlp.2.bias": out,
-        }
+    else:  # PrefixTuning (its default: the plain prefix; through the MLP in test_deep_prompts and test_prefix_init)
+        sizes = {"prefix": layers * 2 * kv_width * P}
     sizes = {f"prompt.{name}": size for name, size in sizes.items()}  # the method's prompt module
     if model.hparams.task_format == "head":
         sizes |= {"formats.classification.head.1.weight": f.hidden_size * 2, "formats.classification.head.1.bias": 2}
@@ -60,8 +53,6 @@ def method_args(method: str, backbone: str, fmt: str, reviews: dict) -> list[str
         "--data.batch_size=8",
         "--data.max_length=48",
     ]
-    if method == "PrefixTuning":
-        args.append(f"--model.reparam_hidden_size={MLP}")
     # P-tuning places its virtual tokens inside the template, around real anchor words.
     virtual = ("[P:3] ", "[P:1] ") if method == "PTuning" else ("", "")
     if fmt == "cloze":
@@ -89,12 +80,10 @@ def test_fit_checkpoint_load_predict(method, arch, fmt, tiny_backbone, reviews, 
     assert trained.keys() == fresh.keys()
     assert all(torch.equal(trained[k], fresh[k]) for k in fresh)
 
-    # The checkpoint holds exactly the trainable tensors (and the reparameterised prefix's frozen start, which
-    # its MLP's output is added to), and the loaded method has them.
+    # The checkpoint holds exactly the trainable tensors, and the loaded method has them.
     best = cli.trainer.checkpoint_callback.best_model_path
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-    frozen = {"prompt.reparam.start"} if method == "PrefixTuning" else set()
-    assert set(checkpoint["state_dict"]) == set(trainable) | frozen
+    assert set(checkpoint["state_dict"]) == set(trainable)
     assert len(checkpoint["optimizer_states"][0]["state"]) == len(trainable), "optimizer state of every tensor"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -90,8 +90,8 @@ def test_word_prefix_is_exactly_the_backbones_own_keys_and_values(arch, fmt, tin
     assert torch.equal(plain.prompt.prefix.detach(), expected)
     # The reparameterised prefix starts there exactly: start + MLP(E) with the MLP's last layer at zero.
     torch.manual_seed(0)
-    reparameterised = prefix_tuning(path, fmt)  # the defaults: reparameterize, init words
-    assert reparameterised.hparams.init == "words" and reparameterised.hparams.reparameterize
+    reparameterised = prefix_tuning(path, fmt, reparameterize=True)  # init words: the default
+    assert reparameterised.hparams.init == "words" and not prefix_tuning(path, fmt).hparams.reparameterize
     assert torch.equal(reparameterised.prompt.full_prefix().detach(), expected)
     assert torch.equal(reparameterised.prompt.folded().prefix, expected)
 
@@ -124,7 +124,7 @@ def test_at_step_zero_a_decoder_reads_the_text_as_if_the_words_came_before_it(ar
 
 def test_reparameterised_prefix_trains_from_its_start_and_folds_exactly(tiny_backbone):
     torch.manual_seed(0)
-    method = prefix_tuning(tiny_backbone("bert"), "head")
+    method = prefix_tuning(tiny_backbone("bert"), "head", reparameterize=True)
     reparam = method.prompt.reparam
     start = method.prompt.full_prefix().detach().clone()
     assert not reparam.start.requires_grad and "prompt.reparam.start" not in dict(method.named_parameters())
@@ -165,7 +165,7 @@ def test_a_process_without_the_weights_gets_zeros(tiny_backbone):
 
 def test_checkpoints_keep_the_start_and_older_ones_load_as_trained(tiny_backbone, tmp_path):
     torch.manual_seed(0)
-    method = prefix_tuning(tiny_backbone("gpt2"), "text_to_text")
+    method = prefix_tuning(tiny_backbone("gpt2"), "text_to_text", reparameterize=True)
     with torch.no_grad():
         for p in method.trainable_parameters():
             p.normal_()
@@ -191,7 +191,7 @@ def test_checkpoints_keep_the_start_and_older_ones_load_as_trained(tiny_backbone
 def test_fit_from_words_saves_the_start_and_exports_the_plain_prefix(tiny_backbone, reviews, tmp_path):
     gpt2 = tiny_backbone("gpt2")
     cli = run_cli("fit", "--model=PrefixTuning", f"--model.backbone={gpt2}", f"--model.num_virtual_tokens={P}",
-                  f"--model.init_text={TEXT}", "--model.reparam_hidden_size=16", "--data.batch_size=8",
+                  f"--model.init_text={TEXT}", "--model.reparameterize=true", "--model.reparam_hidden_size=16", "--data.batch_size=8",
                   data_files_arg(reviews), "--trainer.max_epochs=1", root=tmp_path)
     checkpoint = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
     start = checkpoint["state_dict"]["prompt.reparam.start"]
