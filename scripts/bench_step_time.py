@@ -185,7 +185,8 @@ def build(args, device):
             model = lit_prompts.FullFineTuning(**common)
         else:
             method = METHOD_OF[args.variant]
-            extra = {"reparam_hidden_size": args.reparam_hidden_size} if method == "PrefixTuning" else {}
+            # The MLP, as PEFT's prefix tuning trains (PrefixTuning's own default is the plain prefix).
+            extra = {"reparameterize": True, "reparam_hidden_size": args.reparam_hidden_size} if method == "PrefixTuning" else {}
             model = getattr(lit_prompts, method)(num_virtual_tokens=args.virtual_tokens, **common, **extra)
         loss_fn, params = model.training_loss, model.trainable_parameters()
     model.to(device).train(args.variant != "forward_eval")  # dropout on wherever training would have it

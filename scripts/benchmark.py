@@ -689,7 +689,8 @@ def build_peft_model(args, method: str, task_format: str, label_names: list[str]
     if method == "PromptTuning":  # lit_prompts' default init ("vocab") is PEFT's SAMPLE_VOCAB
         config = PromptTuningConfig(task_type=kind, num_virtual_tokens=p, prompt_tuning_init="SAMPLE_VOCAB")
     elif method == "PrefixTuning":
-        config = PrefixTuningConfig(task_type=kind, num_virtual_tokens=p, prefix_projection=True,
+        config = PrefixTuningConfig(task_type=kind, num_virtual_tokens=p,  # as lit_prompts' default trains it
+                                    prefix_projection=_default(lit_prompts.PrefixTuning, "reparameterize"),
                                     encoder_hidden_size=_default(lit_prompts.PrefixTuning, "reparam_hidden_size"))
     else:  # PTuning: lit_prompts' default encoder is a bidirectional LSTM + MLP, as PEFT's LSTM type
         config = PromptEncoderConfig(task_type=kind, num_virtual_tokens=p, encoder_reparameterization_type="LSTM",
