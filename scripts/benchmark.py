@@ -126,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--virtual-tokens", type=int, default=20)
     p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR[,LR...]",
                    help="learning rates (default: each method's own); several values (a sweep) run each of them")
+    p.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method setting for that method's lit_prompts runs, e.g. PrefixTuning.reparameterize=true "
+                        "(with --lr when it changes the method's learning rate)")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -239,6 +242,17 @@ class Run:
     def name(self) -> str:
         lr = f"-lr{self.lr:g}" if self.swept else ""
         return f"{'peft-' if self.impl == 'peft' else ''}{self.method}{lr}-seed{self.seed}"
+
+
+def method_settings(args) -> list[tuple[str, str]]:
+    """``--set METHOD.KEY=VALUE`` as (method, "KEY=VALUE")."""
+    settings = []
+    for item in args.set:
+        method, _, setting = item.partition(".")
+        if method not in METHODS or "=" not in setting:
+            raise SystemExit(f"--set {item}: expected METHOD.KEY=VALUE with METHOD one of {', '.join(METHODS)}")
+        settings.append((method, setting))
+    return settings
 
 
 def plan(args) -> list[Run]:
@@ -398,6 +412,7 @@ def lit_run(args, run: Run, data: dict, output: Path) -> dict:
     if "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, run.method).__init__).parameters:
         model.append(f"--model.num_virtual_tokens={args.virtual_tokens}")
     model += [f"--model.{k}={v}" for k, v in TASK_MODEL_ARGS.get(args.task, {}).items()]
+    model += [f"--model.{setting}" for method, setting in method_settings(args) if method == run.method]
     # In a config file (JSON is YAML), values such as a template "Review: {text}\nSentiment:" stay
     # strings; on the command line jsonargparse would read them as YAML mappings.
     data_config = folder / "data.json"
@@ -1063,6 +1078,7 @@ def main() -> None:
         return param_table(args)
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
+    method_settings(args)  # a malformed --set stops the benchmark before any run
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]])

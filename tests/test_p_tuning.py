@@ -65,16 +65,17 @@ def test_template_and_method_must_agree(tiny_backbone, reviews, tmp_path):
         run_cli("fit", "--debug", "--model=PromptTuning", *common, root=tmp_path)
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "mlp"])
-def test_encoder_folds_into_the_exported_vectors(encoder, tiny_backbone, reviews, tmp_path):
-    cli = run_cli("fit", "--model=PTuning", f"--model.encoder={encoder}", "--model.num_virtual_tokens=3",
+@pytest.mark.parametrize("encoder,residual", [("lstm", True), ("mlp", False)])
+def test_encoder_folds_into_the_exported_vectors(encoder, residual, tiny_backbone, reviews, tmp_path):
+    cli = run_cli("fit", "--model=PTuning", f"--model.encoder={encoder}", f"--model.residual={residual}",
+                  "--model.num_virtual_tokens=3",
                   f"--model.backbone={tiny_backbone('bert')}", "--data.task_format=cloze", f"--data.template={TEMPLATE}",
                   "--data.verbalizer={positive: great, negative: bad}", data_files_arg(reviews, ("train", "validation")),
                   "--trainer.max_epochs=1", root=tmp_path)
     trained = lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).eval()
     exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt").eval()
     # The export holds the encoder's output as plain vectors: a SoftPrompt that fills the template, no encoder.
-    assert trained.prompt.encoder is not None
+    assert (trained.prompt.residual_encoder if residual else trained.prompt.encoder) is not None
     assert isinstance(exported.prompt, SoftPrompt) and exported.prompt.template_length == 3
     assert getattr(exported.prompt, "encoder", None) is None
     batch = next(iter(cli.datamodule.val_dataloader()))
@@ -82,3 +83,36 @@ def test_encoder_folds_into_the_exported_vectors(encoder, tiny_backbone, reviews
     with torch.no_grad():
         torch.testing.assert_close(exported.formats[task].scores(exported.prompted(task), batch),
                                    trained.formats[task].scores(trained.prompted(task), batch))
+
+
+def test_the_residual_encoder_starts_at_the_initial_embedding_and_learns_a_change(tiny_backbone):
+    torch.manual_seed(0)
+    model = PTuning(backbone=tiny_backbone("bert"), label_names=["negative", "positive"], num_virtual_tokens=4)
+    prompt = model.prompt
+    start = prompt.prompt_embedding.detach().clone()
+    # Vocabulary tokens' embeddings, as prompt tuning starts, and exactly them at step 0.
+    table = model.backbone.model.get_input_embeddings().weight
+    assert all((table == row).all(-1).any() for row in start)
+    assert torch.equal(prompt.vectors(), start)
+    optimizer = torch.optim.AdamW(prompt.parameters(), lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (prompt.vectors() * torch.randn(4, start.shape[1])).sum().backward()
+        optimizer.step()
+    change = prompt.vectors() - prompt.prompt_embedding
+    assert change.abs().max() > 0  # the encoder now adds its own part
+    plain = PTuning(backbone=tiny_backbone("bert"), label_names=["negative", "positive"], num_virtual_tokens=4,
+                    residual=False).prompt
+    assert not torch.allclose(plain.vectors(), plain.prompt_embedding)  # the paper's form replaces the start
+
+
+def test_a_checkpoint_of_the_encoder_alone_needs_residual_false(tiny_backbone):
+    def make(**kwargs):
+        return PTuning(backbone=tiny_backbone("bert"), label_names=["negative", "positive"], num_virtual_tokens=4, **kwargs)
+
+    old = make(residual=False)
+    checkpoint = {"state_dict": old.state_dict()}
+    old.on_save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"encoder's output alone.*--model.residual=false"):
+        make().on_load_checkpoint(checkpoint)
+    make(residual=False).on_load_checkpoint(checkpoint)

@@ -16,12 +16,12 @@ from lit_prompts import PromptPool
 from lit_prompts.methods import PoolPrompt
 from lit_prompts.methods.base import PromptContext
 
-K, P = 4, 2
+K, P, S = 4, 2, 3  # pool size, prompt length, shared prompt length
 
 
 def make_pool(tiny_backbone, arch="bert", **kwargs):
     torch.manual_seed(0)
-    kwargs = {"pool_size": K, "prompt_length": P, "label_names": ["negative", "positive"], **kwargs}
+    kwargs = {"pool_size": K, "prompt_length": P, "shared_length": S, "label_names": ["negative", "positive"], **kwargs}
     return PromptPool(backbone=tiny_backbone(arch), **kwargs).eval()
 
 
@@ -39,8 +39,13 @@ def test_each_example_gets_its_own_prompts(tiny_backbone):
     model.prompt.keys[:2] = query  # entry 0 matches example 0, entry 1 example 1
     model.prompt.keys[2:] = -query
     prompt = model.prompt(context).prepend
-    assert prompt.shape == (2, P, model.facts.hidden_size)
-    assert torch.equal(prompt[0], model.prompt.pool[0]) and torch.equal(prompt[1], model.prompt.pool[1])
+    assert prompt.shape == (2, S + P, model.facts.hidden_size)
+    # The shared prompt in front for every example, then the example's own selection.
+    assert torch.equal(prompt[0, :S], model.prompt.shared) and torch.equal(prompt[1, :S], model.prompt.shared)
+    assert torch.equal(prompt[0, S:], model.prompt.pool[0]) and torch.equal(prompt[1, S:], model.prompt.pool[1])
+    alone = make_pool(tiny_backbone, top_k=1, shared_length=0)  # L2P's pool alone
+    alone.prompt.keys.copy_(model.prompt.keys)
+    assert alone.prompt.shared is None and torch.equal(alone.prompt(context).prepend, prompt[:, S:])
 
     # Deep placement: per-example key/value prefixes in every layer, N·P positions long.
     deep = make_pool(tiny_backbone, placement="layers", top_k=2)
@@ -51,9 +56,10 @@ def test_each_example_gets_its_own_prompts(tiny_backbone):
     assert shift == 0  # nothing in front of the input: the prompts are in the layers
     # Per-example hidden-state prompts, projected by each layer when it runs.
     installed = deep.backbone.injector.layers[0][1].lit_prompts_prefix
-    assert installed.shape == (2, 2 * P, deep.facts.hidden_size)
+    assert installed.shape == (2, S + 2 * P, deep.facts.hidden_size)
+    assert torch.equal(installed[1, :S], deep.prompt.shared[0])  # layer 0's shared prompt
     key, value = deep.backbone.layer_kv(output.layer_hidden)[0]
-    assert key.shape == value.shape == (2, deep.facts.num_key_value_heads, 2 * P, deep.facts.head_dim)
+    assert key.shape == value.shape == (2, deep.facts.num_key_value_heads, S + 2 * P, deep.facts.head_dim)
 
 
 def test_key_pull_loss_draws_selected_keys_to_their_queries(tiny_backbone):
@@ -153,6 +159,15 @@ def test_picks_are_training_state_kept_by_checkpoints_not_prompt_tensors(tiny_ba
     assert torch.equal(resumed.prompt.selection_weights, model.prompt.selection_weights)
 
 
+def test_a_checkpoint_without_the_shared_prompt_needs_shared_length_0(tiny_backbone):
+    old = make_pool(tiny_backbone, shared_length=0)
+    checkpoint = {"state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams)}
+    old.on_save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"no shared prompt .*--model.shared_length=0"):
+        make_pool(tiny_backbone).on_load_checkpoint(checkpoint)
+    make_pool(tiny_backbone, shared_length=0).on_load_checkpoint(checkpoint)
+
+
 def test_a_negative_frequency_penalty_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="frequency_penalty=-0.1"):
         make_pool(tiny_backbone, frequency_penalty=-0.1)
@@ -170,16 +185,21 @@ def test_soft_selection_weights_sum_to_one(tiny_backbone):
     weights = (similarity / 0.5).softmax(-1)
     torch.testing.assert_close(model.prompt.selection_weights, weights.sum(0))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
-    torch.testing.assert_close(output.prepend, torch.einsum("bk,kph->bph", weights, model.prompt.pool))
+    selected = torch.einsum("bk,kph->bph", weights, model.prompt.pool)
+    torch.testing.assert_close(output.prepend, torch.cat([model.prompt.shared.expand(2, S, -1), selected], dim=1))
     assert output.aux_loss is None  # keys learn through the weights
 
 
-@pytest.mark.parametrize("placement,query", [("input", "backbone"), ("input", "encoder"), ("layers", "backbone")])
-def test_parameter_counts(placement, query, tiny_backbone):
-    model = make_pool(tiny_backbone, placement=placement, query=query)
+@pytest.mark.parametrize("placement,query,shared", [("input", "backbone", S), ("input", "encoder", S),
+                                                    ("layers", "backbone", S), ("input", "backbone", 0)])
+def test_parameter_counts(placement, query, shared, tiny_backbone):
+    model = make_pool(tiny_backbone, placement=placement, query=query, shared_length=shared)
     H, L = model.facts.hidden_size, model.facts.num_layers
-    expected = {"prompt.pool": K * (L if placement == "layers" else 1) * P * H, "prompt.keys": K * H,
+    layers = L if placement == "layers" else 1
+    expected = {"prompt.pool": K * layers * P * H, "prompt.keys": K * H,
                 "formats.classification.head.1.weight": 2 * H, "formats.classification.head.1.bias": 2}
+    if shared:
+        expected["prompt.shared"] = layers * shared * H
     if query == "encoder":
         expected |= {"prompt.query_encoder.weight": H * H, "prompt.query_encoder.bias": H}
     assert {n: p.numel() for n, p in model.named_parameters() if p.requires_grad} == expected

@@ -15,8 +15,11 @@ every self-attention layer like P-tuning v2's deep prompts), keys [K, H]. Per ex
               distance by the frequency: an unpicked entry then wins for every query, and the penalty fades
               as the key-pull loss drives distances to 0.) Evaluation ranks by cos(q, k_i) alone.
   soft        α = softmax(cos(q, K) / τ); the prompt is Σ α_i p_i (P tokens), keys learn through α
+  shared      with ``shared_length`` S > 0, S more tokens every example gets, in front of the selected ones
+              (DualPrompt's general prompt, Wang et al. 2022): what all inputs need is learned from every
+              example, while each pool entry learns only from the examples that pick it
 
-Trainable: K·P·H (or K·L·P·H) + K·H (+ H·H + H for the encoder query).
+Trainable: K·P·H (or K·L·P·H) + K·H (+ S·H or L·S·H shared, + H·H + H for the encoder query).
 """
 
 from __future__ import annotations
@@ -39,12 +42,17 @@ class PoolPrompt(Prompt):
 
     def __init__(self, pool_size: int, length: int, hidden_size: int, num_layers: int | None = None, top_k: int = 2,
                  selection: Selection = "hard", query: Query = "backbone", temperature: float = 0.1,
-                 key_pull_weight: float = 0.1, frequency_penalty: float = 0.1, init: Tensor | None = None):
+                 key_pull_weight: float = 0.1, frequency_penalty: float = 0.1, shared_length: int = 0,
+                 init: Tensor | None = None, shared_init: Tensor | None = None):
         super().__init__(pool_size=pool_size, length=length, hidden_size=hidden_size, num_layers=num_layers, top_k=top_k,
                          selection=selection, query=query, temperature=temperature, key_pull_weight=key_pull_weight,
-                         frequency_penalty=frequency_penalty)
+                         frequency_penalty=frequency_penalty, shared_length=shared_length)
         layers = (num_layers,) if num_layers else ()
         self.pool = nn.Parameter(init.clone() if init is not None else torch.zeros(pool_size, *layers, length, hidden_size))
+        self.shared = None  # [(L,) S, H]
+        if shared_length:
+            shape = (*layers, shared_length, hidden_size)
+            self.shared = nn.Parameter(shared_init.clone() if shared_init is not None else torch.zeros(shape))
         self.keys = nn.Parameter(torch.empty(pool_size, hidden_size).uniform_(-1, 1))
         self.query_encoder = MeanQuery(hidden_size, hidden_size) if query == "encoder" else None
         # Training state, not prompt (left out of state_dict and exports; a trainer's checkpoints carry it):
@@ -91,6 +99,9 @@ class PoolPrompt(Prompt):
         if self.training:
             self.last_selection = weights.detach().float().sum(0)  # (fp32: counts stay exact)
             self.record(self.last_selection)
+        if self.shared is not None:
+            shared = self.shared.expand(prompt.shape[0], *self.shared.shape)
+            prompt = torch.cat([shared, prompt.to(shared.dtype)], dim=-2)
         if s["num_layers"]:
             return PromptOutput(layer_hidden=prompt, aux_loss=key_pull)
         return PromptOutput(prepend=prompt, aux_loss=key_pull)
