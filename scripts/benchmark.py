@@ -29,7 +29,8 @@ per method (and learning rate), metric mean ± sd over seeds, trainable paramete
 seeds ended at a trivial solution.
 
 Trivial solutions: the final validation's predictions, as the metrics receive them, are counted
-(no second pass): classification -> every prediction is one class; NER -> no entity predicted;
+(no second pass): classification -> every prediction is one class, or no more are right than the most
+frequent gold class would get (at chance); NER -> no entity predicted;
 QA -> every answer empty. Recorded per run (``trivial``, with the counts) in results.json and
 results.md.
 
@@ -110,7 +111,7 @@ CONLL_FILES = ("conll2003/train.txt", "conll2003/valid.txt")
 FILES = {"sst2": SST2_FILES, "sst2_text_to_text": SST2_FILES, "conll2003": CONLL_FILES, "conll2003_text_to_text": CONLL_FILES}
 SPARSE_TYPES, SPARSE_SHARE = ("PER", "LOC"), 1 / 15
 # What the trivial flag means for each task (see PredictionCounter).
-TRIVIAL = {"classification": "every validation prediction is one class", "ner": "no entity predicted",
+TRIVIAL = {"classification": "every validation prediction is one class, or right no more often than the majority class", "ner": "no entity predicted",
            "qa": "every answer empty"}
 
 
@@ -271,12 +272,14 @@ class PredictionCounter:
     """What the final validation predicted, counted as its metrics receive the predictions (no second
     pass): the predicted class of every example (classification: scores [B, C]), the entities
     (NER: tag lists per sentence, read as the entity F1 reads them), the empty answers (QA: SQuAD
-    prediction dicts). ``trivial``: every prediction one class / no entity predicted / every answer
-    empty (None where nothing was seen)."""
+    prediction dicts). ``trivial``: every prediction one class, or right no more often than predicting
+    the most frequent gold class for every example would be (as ``CollapseDetector`` judges it) / no
+    entity predicted / every answer empty (None where nothing was seen)."""
 
     def __init__(self, task: str, label_names: list[str] | None = None):
         self.task, self.label_names = task, list(label_names or [])
         self.examples, self.classes, self.empty = 0, collections.Counter(), 0
+        self.gold_classes, self.correct = collections.Counter(), 0
         self.entities, self.gold_entities = 0, 0
 
     def wrap(self, collection) -> None:
@@ -295,6 +298,10 @@ class PredictionCounter:
             best = predictions.argmax(-1).tolist()
             self.examples += len(best)
             self.classes.update(best)
+            if gold is not None:
+                labels = gold.tolist()
+                self.gold_classes.update(labels)
+                self.correct += sum(b == g for b, g in zip(best, labels))
         elif self.task == "ner":
             from lit_prompts.ner_spans import entity_spans  # as the entity F1 counts entities
 
@@ -310,8 +317,10 @@ class PredictionCounter:
             return {"trivial": None, "trivial_detail": f"no {self.task} predictions seen"}
         if self.task == "classification":
             counts = {(self.label_names[k] if k < len(self.label_names) else str(k)): n for k, n in sorted(self.classes.items())}
-            return {"trivial": len(self.classes) <= 1, "trivial_detail": f"predicted classes {counts} of {self.examples}",
-                    "predicted_classes": counts}
+            majority = max(self.gold_classes.values(), default=0)
+            at_chance = len(self.gold_classes) > 1 and self.correct <= majority
+            detail = f"predicted classes {counts} of {self.examples}; {self.correct} right, the majority class {majority}"
+            return {"trivial": len(self.classes) <= 1 or at_chance, "trivial_detail": detail, "predicted_classes": counts}
         if self.task == "ner":
             return {"trivial": self.entities == 0, "trivial_detail": f"{self.entities} entities predicted ({self.gold_entities} gold) "
                     f"in {self.examples} sentences", "predicted_entities": self.entities, "gold_entities": self.gold_entities}

@@ -28,12 +28,15 @@ def one_hot_scores(predicted: list[int], classes: int = 2) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", [HeadClassification(LABELS, 8), ClozeClassification(LABELS, [5, 6]), TextClassification(LABELS)],
                          ids=["head", "cloze", "text_to_text"])
-def test_classification_is_trivial_when_one_class_is_predicted_for_examples_of_several(fmt):
+def test_classification_is_trivial_when_one_class_is_predicted_or_accuracy_is_at_chance(fmt):
     metrics = fmt.metrics().clone(prefix="val/")
     metrics.update(one_hot_scores([1, 1, 1]), torch.tensor([0, 1, 0]))
     metrics.update(one_hot_scores([1, 1]), torch.tensor([1, 1]))  # over batches, as validation counts them
     assert fmt.trivial_predictions(metrics) == "predicted 'positive' for all 5 validation examples"
-    metrics.update(one_hot_scores([0]), torch.tensor([1]))  # one other prediction is enough
+    metrics.update(one_hot_scores([0]), torch.tensor([1]))  # another class predicted, but right no more often
+    assert fmt.trivial_predictions(metrics) == ("was right for 3 of 6 validation examples, no more than predicting "
+                                                "'positive' for every example would be (4)")
+    metrics.update(one_hot_scores([0, 0]), torch.tensor([0, 0]))  # 5 of 8 right: better than 'positive' (4)
     assert fmt.trivial_predictions(metrics) is None
     metrics.reset()
     metrics.update(one_hot_scores([1, 1]), torch.tensor([1, 1]))  # the labels are one class themselves

@@ -205,7 +205,7 @@ def test_benchmark_sparse_conll_builder_reaches_the_documented_share(monkeypatch
 
 
 def test_benchmark_prediction_counter_flags_trivial_solutions(monkeypatch):
-    """The trivial flag reads the predictions the metrics receive: one class, no entity, empty answers."""
+    """The trivial flag reads the predictions the metrics receive: one class or at chance, no entity, empty answers."""
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy
 
@@ -216,7 +216,9 @@ def test_benchmark_prediction_counter_flags_trivial_solutions(monkeypatch):
     metrics.update(torch.tensor([[2.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 1]))
     assert counter.result()["trivial"] is True and counter.result()["predicted_classes"] == {"negative": 2}
     assert float(metrics.compute()["accuracy"]) == 0.5  # the metrics still got the update
-    metrics.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    metrics.update(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))  # two classes, but 2 right of 3: at chance
+    assert counter.result()["trivial"] is True and counter.result()["predicted_classes"] == {"negative": 2, "positive": 1}
+    metrics.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))  # 3 right of 4: above the majority class's 2
     assert counter.result()["trivial"] is False
     ner = benchmark.PredictionCounter("ner")
     ner.see([["O", "O"], ["O"]], [["B-PER", "O"], ["B-LOC"]])

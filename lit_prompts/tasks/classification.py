@@ -38,15 +38,23 @@ class ClassificationFormat(nn.Module):
                                  "macro_f1": MulticlassF1Score(n, average="macro")})
 
     def trivial_predictions(self, metrics: MetricCollection) -> str | None:
-        """What was trivial about the predictions ``metrics`` counted in every process (one class for
-        every example, where the examples are of several classes), or None. Every process must call it."""
+        """What was trivial about the predictions ``metrics`` counted in every process, where the examples
+        are of several classes: one class for every example, or predictions right no more often than that
+        would be (at chance, e.g. 0.50 on SST-2, whose majority class is 0.51 of it); else None. Every
+        process must call it."""
         if "macro_f1" not in metrics:
             return None
         tp, fp, fn = synced_states(metrics["macro_f1"], "tp", "fp", "fn")  # per class
         predicted, gold = tp + fp, tp + fn
-        if int((gold > 0).sum()) < 2 or int((predicted > 0).sum()) != 1:
+        if int((gold > 0).sum()) < 2:
             return None
-        return f"predicted {self.label_names[int(predicted.argmax())]!r} for all {int(gold.sum())} validation examples"
+        majority, total = int(gold.argmax()), int(gold.sum())
+        if int((predicted > 0).sum()) == 1:
+            return f"predicted {self.label_names[int(predicted.argmax())]!r} for all {total} validation examples"
+        if int(tp.sum()) <= int(gold[majority]):
+            return (f"was right for {int(tp.sum())} of {total} validation examples, no more than predicting "
+                    f"{self.label_names[majority]!r} for every example would be ({int(gold[majority])})")
+        return None
 
     def scores(self, model: PromptedModel, batch: dict) -> Tensor:
         """[B, num_labels]."""
