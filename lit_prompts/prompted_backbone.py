@@ -85,6 +85,33 @@ class PromptedBackbone(nn.Module):
         [1, P] exactly as each attention kernel reads them, the backbone run in eval mode without
         prompts. An encoder-decoder whose decoder takes prefixes (text-to-text) runs the ids through
         both stacks."""
+        with self._injector().recording() as recorded:
+            self._run_frozen(input_ids, position_ids)
+        return self._per_layer(recorded)
+
+    def attention_inputs(self, input_ids: Tensor, position_ids: Tensor | None = None) -> list[Tensor]:
+        """Per self-attention layer, the hidden states [1, P, H] of ``input_ids`` as that layer's attention
+        module receives them (after the norm pre-norm models put in front of it): the hidden states a deep
+        prompt stands for, which the layer's own projections turn into keys and values. Run as
+        ``attention_keys_values`` runs the backbone."""
+        received: dict[int, Tensor] = {}
+
+        def receiving(i: int):
+            def read(module, args, kwargs):
+                received[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            return read
+
+        handles = [module.register_forward_pre_hook(receiving(i), with_kwargs=True)
+                   for i, (_, module) in enumerate(self._injector().layers)]
+        try:
+            self._run_frozen(input_ids, position_ids)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self._per_layer(received)
+
+    def _run_frozen(self, input_ids: Tensor, position_ids: Tensor | None) -> None:
+        """The backbone on ``input_ids`` alone: eval mode (no dropout), no prompt, no cache."""
         injector = self._injector()
         kwargs = {"input_ids": input_ids}
         if "decoder" in injector.stacks:
@@ -96,12 +123,14 @@ class PromptedBackbone(nn.Module):
         modes = {m: m.training for m in self.model.modules()}
         try:
             injector.set(None)
-            self.model.eval()  # no dropout
-            with injector.recording() as recorded:
-                self.model(**kwargs)
+            self.model.eval()
+            self.model(**kwargs)
         finally:
             for m, training in modes.items():
                 m.training = training
+
+    def _per_layer(self, recorded: dict) -> list:
+        injector = self._injector()
         missing = [name for i, (name, _) in enumerate(injector.layers) if i not in recorded]
         if missing:
             raise RuntimeError(f"the backbone ran without calling the attention of {missing}")

@@ -34,6 +34,34 @@ def text_ids(backbone: PromptedBackbone, text: str, length: int) -> Tensor:
     return torch.tensor((ids * (length // len(ids) + 1))[:length])
 
 
+@torch.no_grad()
+def word_hidden_prompts(backbone: PromptedBackbone, length: int, text: str, prefix_positions: str = "none") -> Tensor:
+    """[L, P, H]: deep prompts from the activations of real words, P-tuning v2's counterpart of
+    ``word_prefix``: each self-attention layer's input hidden states of ``text``'s tokens (repeated or cut
+    to P), the words run where ``word_prefix`` runs them. Through the layer's projections they give the
+    words' keys and values (without rotary positions, as every deep prompt enters). Zeros in a process
+    without the weights (sharding)."""
+    shape = (backbone.num_layers, length, backbone.facts.hidden_size)
+    if not backbone.holds_weights:
+        return torch.zeros(shape)
+    ids, positions = _word_ids(backbone, text, length, prefix_positions)
+    prompts = torch.stack([hidden[0] for hidden in backbone.attention_inputs(ids, positions)])
+    if tuple(prompts.shape) != shape:
+        raise RuntimeError(f"init='words': the attention modules received hidden states of shape "
+                           f"{tuple(prompts.shape)}, not {shape}")
+    return prompts.float().cpu()
+
+
+def _word_ids(backbone: PromptedBackbone, text: str, length: int, prefix_positions: str) -> tuple[Tensor, Tensor | None]:
+    """[1, P] ids of the words and their positions (see ``word_prefix``: right before the text)."""
+    model = backbone.model
+    ids = text_ids(backbone, text, length).to(model.get_input_embeddings().weight.device)[None]
+    positions = None
+    if backbone.facts.is_decoder_only and prefix_positions != "first" and _is_rotary(model):
+        positions = torch.arange(-length, 0, device=ids.device)[None]
+    return ids, positions
+
+
 def initial_prefix(backbone: PromptedBackbone, length: int) -> Tensor:
     """[L, 2, H_kv, P, d]: keys and values of random vocabulary tokens under each layer's own
     projections, the scale each layer's attention expects."""
@@ -81,11 +109,7 @@ def word_prefix(backbone: PromptedBackbone, length: int, text: str, prefix_posit
     shape = (backbone.num_layers, 2, backbone.facts.num_key_value_heads, length, backbone.facts.head_dim)
     if not backbone.holds_weights:
         return torch.zeros(shape)
-    model, facts = backbone.model, backbone.facts
-    ids = text_ids(backbone, text, length).to(model.get_input_embeddings().weight.device)[None]
-    positions = None
-    if facts.is_decoder_only and prefix_positions != "first" and _is_rotary(model):
-        positions = torch.arange(-length, 0, device=ids.device)[None]
+    ids, positions = _word_ids(backbone, text, length, prefix_positions)
     layers = backbone.attention_keys_values(ids, positions)
     prefix = torch.stack([torch.stack([key[0], value[0]]) for key, value in layers])
     if tuple(prefix.shape) != shape:

@@ -1,0 +1,60 @@
+"""P-tuning v2's initialisation from real words: each layer's deep prompt is the hidden states that layer's
+attention receives for the words, checked against the backbone's own hidden states (``output_hidden_states``
+and the norm in front of its attention), and, on models without rotary positions, projected by the layer
+into exactly the words' keys and values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_prefix_init import TEXT, P, reference_prefix, word_ids
+
+from lit_prompts import PTuningV2
+from lit_prompts.backbone import load_backbone
+
+LABELS = ["negative", "positive"]
+
+
+def p_tuning_v2(path: str, fmt: str, **kwargs) -> PTuningV2:
+    return PTuningV2(backbone=path, task_format=fmt, label_names=LABELS, num_virtual_tokens=P, init="words",
+                     init_text=TEXT, **kwargs)
+
+
+@torch.no_grad()
+def reference_attention_inputs(path: str, fmt: str) -> torch.Tensor:
+    """[L, P, H]: the words' hidden states entering each layer (``output_hidden_states``), through the norm
+    that pre-norm layers apply before their attention; the words where word_prefix puts them."""
+    model = load_backbone(path, fmt).eval()
+    ids = word_ids(path)
+    arch = model.config.model_type
+    where = {"position_ids": torch.arange(-P, 0)[None]} if arch == "llama" else {}
+    states = model(input_ids=ids, output_hidden_states=True, **where).hidden_states
+    if arch == "gpt2":
+        norms = [block.ln_1 for block in model.transformer.h]
+    elif arch == "llama":
+        norms = [layer.input_layernorm for layer in model.model.layers]
+    else:  # post-norm encoders: the attention reads the previous layer's output as it is
+        norms = [torch.nn.Identity()] * (len(states) - 1)
+    return torch.stack([norm(hidden)[0] for norm, hidden in zip(norms, states[:-1])])
+
+
+@pytest.mark.parametrize("arch,fmt", [("bert", "head"), ("gpt2", "text_to_text"), ("llama", "text_to_text")])
+def test_words_are_the_hidden_states_each_layers_attention_receives(arch, fmt, tiny_backbone):
+    path = tiny_backbone(arch)
+    model = p_tuning_v2(path, fmt)
+    expected = reference_attention_inputs(path, fmt)
+    assert model.prompt.deep_prompts.shape == expected.shape == (model.backbone.num_layers, P, model.facts.hidden_size)
+    torch.testing.assert_close(model.prompt.deep_prompts.detach(), expected, rtol=1e-5, atol=1e-6)
+    if arch != "llama":  # no rotary: each layer's projections turn them into exactly the words' keys and values
+        keys_values = torch.stack([torch.stack(kv) for kv in model.backbone.layer_kv(model.prompt.deep_prompts.detach())])
+        torch.testing.assert_close(keys_values, reference_prefix(path, fmt), rtol=1e-5, atol=1e-6)
+
+
+def test_vocab_start_and_words_start_differ_and_the_mlp_ignores_init(tiny_backbone):
+    path = tiny_backbone("bert")
+    torch.manual_seed(0)
+    vocab = PTuningV2(backbone=path, label_names=LABELS, num_virtual_tokens=P, init="vocab").prompt.deep_prompts
+    table = PTuningV2(backbone=path, label_names=LABELS).backbone.model.get_input_embeddings().weight
+    assert all((table == row).all(-1).any() for row in vocab.detach().flatten(0, 1))  # vocabulary embeddings
+    assert not torch.allclose(vocab, p_tuning_v2(path, "head").prompt.deep_prompts)
+    assert p_tuning_v2(path, "head", reparameterize=True, reparam_hidden_size=8).prompt.reparam is not None
