@@ -52,7 +52,7 @@ def run(args, backbone: str, n_params: int, method: str, weights: str, checkpoin
     settings = dict(backbone=backbone, label_names=["a", "b"], num_virtual_tokens=args.virtual_tokens,
                     backbone_dtype="bfloat16", gradient_checkpointing=checkpointing, head_dropout=0.0,
                     quantization=None if weights == "bf16" else weights)
-    if method == "PrefixTuning":  # the random model has no tokenizer for the real-word start (init: words)
+    if method in ("PrefixTuning", "PTuningV2"):  # the random model has no tokenizer for the real-word start (init: words)
         settings["init"] = "vocab"
     model = METHODS[method](**settings)
     if weights == "bf16":
