@@ -177,6 +177,24 @@ class PrefixInjector:
             for (_, module), kernel in zip(self.layers, kernels):
                 module.lit_prompts_kernel = kernel
 
+    @contextmanager
+    def receiving(self) -> Iterator[dict[int, Tensor]]:
+        """Inside the block, the hidden states layer i's attention module receives (after the norm pre-norm
+        models put in front of it) land in ``received[i]``."""
+        received: dict[int, Tensor] = {}
+
+        def receive(i: int):
+            def read(module, args, kwargs):
+                received[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            return read
+
+        handles = [module.register_forward_pre_hook(receive(i), with_kwargs=True) for i, (_, module) in enumerate(self.layers)]
+        try:
+            yield received
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def set(self, prefixes: list[tuple[Tensor, Tensor] | Tensor] | None) -> None:
         if prefixes is not None and len(prefixes) != len(self.layers):
             raise ValueError(f"got prefixes for {len(prefixes)} layers; the backbone has {len(self.layers)}")

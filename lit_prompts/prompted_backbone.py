@@ -89,25 +89,14 @@ class PromptedBackbone(nn.Module):
             self._run_frozen(input_ids, position_ids)
         return self._per_layer(recorded)
 
+    @torch.no_grad()
     def attention_inputs(self, input_ids: Tensor, position_ids: Tensor | None = None) -> list[Tensor]:
         """Per self-attention layer, the hidden states [1, P, H] of ``input_ids`` as that layer's attention
         module receives them (after the norm pre-norm models put in front of it): the hidden states a deep
         prompt stands for, which the layer's own projections turn into keys and values. Run as
         ``attention_keys_values`` runs the backbone."""
-        received: dict[int, Tensor] = {}
-
-        def receiving(i: int):
-            def read(module, args, kwargs):
-                received[i] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            return read
-
-        handles = [module.register_forward_pre_hook(receiving(i), with_kwargs=True)
-                   for i, (_, module) in enumerate(self._injector().layers)]
-        try:
+        with self._injector().receiving() as received:
             self._run_frozen(input_ids, position_ids)
-        finally:
-            for handle in handles:
-                handle.remove()
         return self._per_layer(received)
 
     def _run_frozen(self, input_ids: Tensor, position_ids: Tensor | None) -> None:

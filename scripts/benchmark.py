@@ -926,6 +926,11 @@ def write_report(args, output: Path, runs: list[dict], command: str, data: dict 
     return result
 
 
+def unfinished(r: dict) -> str:
+    """Why a summary row has no metric."""
+    return "not supported" if "unsupported" in r else f"failed ({r['failed']}/{r['runs']})"
+
+
 def sweep_table(summary: list[dict], swept: set) -> list[str]:
     """The learning-rate sweep: per method, each learning rate's metric over the seeds, the best marked."""
     lines = ["", "## Learning-rate sweep", "", "| method | impl | lr | metric (mean ± sd over seeds) | trivial | best |",
@@ -936,8 +941,7 @@ def sweep_table(summary: list[dict], swept: set) -> list[str]:
         best = max(scored, key=lambda r: r["metric_mean"], default=None)
         for r in rows:
             if not finished(r):
-                what = "not supported" if "unsupported" in r else f"failed ({r['failed']}/{r['runs']})"
-                lines.append(f"| {method} | {impl} | {r['lr']:g} | {what} | | |")
+                lines.append(f"| {method} | {impl} | {r['lr']:g} | {unfinished(r)} | | |")
                 continue
             lines.append(f"| {method} | {impl} | {r['lr']:g} | {r['metric_name']} {mean_sd(r)} | {trivial_count(r)} "
                          f"| {'best' if r is best else ''} |")
@@ -952,8 +956,7 @@ def summary_table(summary: list[dict], swept: set) -> list[str]:
     for r in summary:
         lr = "" if r.get("lr") is None else f"{r['lr']:g}"
         if not finished(r):
-            what = "not supported" if "unsupported" in r else f"failed ({r['failed']}/{r['runs']})"
-            lines.append(f"| {r['method']} | {r['impl']} | {lr} | {what} | | | |")
+            lines.append(f"| {r['method']} | {r['impl']} | {lr} | {unfinished(r)} | | | |")
             continue
         lines.append(f"| {r['method']} | {r['impl']} | {lr} | {r['metric_name']} {mean_sd(r)} | {len(r['seeds'])} "
                      f"| {r['trainable_params']:,} | {trivial_count(r)} |")

@@ -48,11 +48,11 @@ class ClassificationFormat(nn.Module):
         predicted, gold = tp + fp, tp + fn
         if int((gold > 0).sum()) < 2:
             return None
-        majority, total = int(gold.argmax()), int(gold.sum())
+        majority, total, right = int(gold.argmax()), int(gold.sum()), int(tp.sum())
         if int((predicted > 0).sum()) == 1:
             return f"predicted {self.label_names[int(predicted.argmax())]!r} for all {total} validation examples"
-        if int(tp.sum()) <= int(gold[majority]):
-            return (f"was right for {int(tp.sum())} of {total} validation examples, no more than predicting "
+        if right <= int(gold[majority]):
+            return (f"was right for {right} of {total} validation examples, no more than predicting "
                     f"{self.label_names[majority]!r} for every example would be ({int(gold[majority])})")
         return None
 

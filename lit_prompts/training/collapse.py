@@ -1,5 +1,5 @@
-"""Collapse: validations whose predictions are trivial (one class for every example, no entity at all,
-every answer empty or the same) are a failed run even when nothing crashed. ``CollapseDetector`` warns
+"""Collapse: validations whose predictions are trivial (one class for every example or right no more often
+than that, no entity at all, every answer empty or the same) are a failed run even when nothing crashed. ``CollapseDetector`` warns
 once when that lasts ``patience`` validations in a row, and prints it again when fit ends.
 
 It reads what the validation metrics already counted (each task format's ``trivial_predictions``: a
@@ -23,7 +23,7 @@ class CollapseWarning(UserWarning):
 
 class CollapseDetector(Callback):
     """Warns when the validation predictions are trivial ``patience`` validations in a row: one class for
-    every example (classification), no entity (NER: every tag ``O``), every answer empty or the same
+    every example or accuracy no higher than the majority class's (classification), no entity (NER: every tag ``O``), every answer empty or the same
     (QA). The warning names the task's monitored metric, its value and the global step, and what to
     try; fit prints it again at its end while the run is still collapsed. Per task in a multi-task run.
 

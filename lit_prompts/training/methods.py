@@ -161,13 +161,11 @@ class PTuningV2(PromptMethod):
                  init: Literal["words", "vocab"] = "words", init_text: str | None = None, **kwargs):
         super().__init__(**kwargs)
         layers, hidden = self.backbone.num_layers, self.facts.hidden_size
-        start = None
-        if reparameterize:
-            pass  # the MLP's output is the prompt
-        elif init == "words":
+        start = None  # through the MLP, its output is the prompt
+        if not reparameterize and init == "words":
             text = init_text or default_init_text(self.hparams.task, self.hparams.label_names)
             start = word_hidden_prompts(self.backbone, num_virtual_tokens, text, self.hparams.prefix_positions)
-        else:
+        elif not reparameterize:
             start = self.backbone.vocab_embeddings((layers, num_virtual_tokens))
         self.prompt = DeepPrompt(layers, num_virtual_tokens, hidden, reparam_hidden_size if reparameterize else None,
                                  prompt_dropout, init=start)
