@@ -4,6 +4,10 @@ lit_prompts, so the data side and the model side can both use it)."""
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_RESTORING = contextvars.ContextVar("lit_prompts_restoring", default=False)
 
 
 def build_outside_cli(build, *args, **kwargs):
@@ -12,3 +16,19 @@ def build_outside_cli(build, *args, **kwargs):
     variable, so objects built inside another one's ``__init__`` (a multi-task module's task modules,
     a prompt library's loaded methods) would record the outer object's arguments as their own."""
     return contextvars.Context().run(build, *args, **kwargs)
+
+
+@contextmanager
+def restoring() -> Iterator[None]:
+    """Methods built inside the block are about to receive saved tensors (``lit_prompts.load``): a start
+    that would run the backbone (prefixes and deep prompts from real words) is skipped, since the saved
+    values replace it."""
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
+
+
+def is_restoring() -> bool:
+    return _RESTORING.get()

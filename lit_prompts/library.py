@@ -49,14 +49,15 @@ class PromptLibrary(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         """Rows of each task answered by its own method, in the batch's order and naming their task. The
-        tasks whose formats read hidden states share one backbone call, each row with its own prompt."""
+        tasks whose formats read hidden states share one backbone call, each row with its own prompt, the
+        rows packed end to end."""
         if "task_batches" not in batch:
             batch = {"task_batches": {batch["task"]: batch}, "positions": {batch["task"]: list(range(len(batch["ids"])))}}
         unknown = [task for task in batch["task_batches"] if task not in self.methods]
         if unknown:
             raise KeyError(f"no prompt for task {unknown[0]!r}; the library holds {list(self.methods)}")
         runs = {task: self.methods[task].prompted(self.methods[task].default_task) for task in batch["task_batches"]}
-        share_hidden_states(runs, batch["task_batches"], [task for task in runs if joins(self.methods[task])])
+        share_hidden_states(runs, batch["task_batches"], [task for task in runs if joins(self.methods[task])], packed=True)
         rows: dict[int, dict] = {}
         for task, sub_batch in batch["task_batches"].items():
             method = self.methods[task]

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import training
-from .contexts import build_outside_cli  # noqa: F401 - re-exported: it lives in contexts now
+from .contexts import build_outside_cli, restoring  # noqa: F401 - build_outside_cli re-exported: it lives in contexts now
 from .hub import prompt_folder
 from .methods import PROMPT_CLASSES, Prompt
 from .peft_format import ADAPTER_CONFIG, method_settings, prompt_tensors, read_adapter
@@ -128,7 +128,8 @@ def load(
         source = f"prompt folder {path}"
         cls = method_class(settings["class_path"], source, trust_code)
         init_args = _settings(settings["init_args"], source, trust_code)
-        method = cls(**{**init_args, **overrides})
+        with restoring():
+            method = cls(**{**init_args, **overrides})
         method.check_backbone(settings["backbone"], source=source, allow_other_weights=allow_other_weights)
         if settings.get("format_version", 1) < FORMAT_VERSION:  # 0.1: the settings rebuild the folded form
             wanted = method.trainable_state_dict()
@@ -144,7 +145,8 @@ def load(
         source = f"checkpoint {path}"
         cls = method_class(meta.get("class_path"), source, trust_code)
         hyper = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-        method = cls(**{**_settings(hyper, source, trust_code), **overrides})
+        with restoring():
+            method = cls(**{**_settings(hyper, source, trust_code), **overrides})
         method.check_backbone(meta.get("backbone", {}), source=source, allow_other_weights=allow_other_weights)
         method.initial_prompt = meta.get("initial_prompt")  # the prompt as fit started (drift, lit_prompts.inspection)
         tensors, wanted = checkpoint["state_dict"], method.trainable_state_dict()

@@ -56,7 +56,8 @@ AttentionInterface.register(KERNEL_NAME, _prefixed_kernel)
 
 
 def _with_prefix(module, query, key, value, mask, prefix, kwargs):
-    # (key, value), or (key, value, visible [B, P]) for rows whose prefixes are shorter than P (or absent).
+    # (key, value), or (key, value, visible [B, P] or [B, Q, P]) for rows (or queries) that see only some
+    # of the P columns: shorter prefixes, none, or a packed row's other segments' prefixes.
     prefix_key, prefix_value = (_batched(t, query.shape[0]).to(key.dtype) for t in prefix[:2])
     visible = prefix[2] if len(prefix) == 3 else None
     p, q_len, k_len = prefix_key.shape[2], query.shape[2], key.shape[2]
@@ -72,7 +73,9 @@ def _with_prefix(module, query, key, value, mask, prefix, kwargs):
             extra = mask.new_ones(*mask.shape[:-1], p) if mask.dtype == torch.bool else mask.new_zeros(*mask.shape[:-1], p)
         else:
             mask = mask.expand(query.shape[0], *mask.shape[1:])
-            shown = visible.to(torch.bool)[:, None, None, :].expand(*mask.shape[:-1], p)
+            # visible: [B, P] per row, or [B, Q, P] per query (packed rows: each segment its own prefix)
+            shown = (visible[:, None] if visible.dim() == 3 else visible[:, None, None]).to(torch.bool)
+            shown = shown.expand(*mask.shape[:-1], p)
             extra = shown if mask.dtype == torch.bool else torch.zeros(shown.shape, dtype=mask.dtype, device=mask.device
                                                                        ).masked_fill(~shown, torch.finfo(mask.dtype).min)
         mask = torch.cat([extra, mask], dim=-1)
@@ -130,7 +133,7 @@ class PrefixInjector:
     """
 
     def __init__(self, backbone: nn.Module):
-        kernel = backbone.config._attn_implementation or "eager"
+        kernel = kernel_name(backbone)
         if kernel not in SUPPORTED_KERNELS:
             # flash_attention_2 / flex_attention and the hub's kernels take keys and values only as long
             # as the text (or a mask object built for that length): a prefix cannot be put in front.
@@ -224,6 +227,11 @@ def project_hidden(module: nn.Module, hidden: Tensor, num_kv_heads: int, dtype: 
     if "k_norm" in children:  # per-head query/key norms (Qwen3, OLMo2)
         key = children["k_norm"](key)
     return key.transpose(-3, -2), value.transpose(-3, -2)
+
+
+def kernel_name(backbone: nn.Module) -> str:
+    """The attention implementation a (transformers) backbone runs."""
+    return backbone.config._attn_implementation or "eager"
 
 
 def clear_prefixes(backbone: nn.Module) -> None:

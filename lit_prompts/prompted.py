@@ -63,25 +63,34 @@ class WithHiddenStates(Prompted):
         return self.hidden if batch is self.batch else super().hidden_states(batch)
 
 
-def share_hidden_states(runs: dict, batches: dict, keys: list, call_cost: float | None = None) -> int:
+def share_hidden_states(runs: dict, batches: dict, keys: list, call_cost: float | None = None,
+                        packed: bool = False) -> int:
     """Run the sub-batches ``batches[k]`` of ``keys`` (whose formats read hidden states) in one backbone
-    call, each row with its own prompt (``PromptedBackbone.hidden_states_together``); ``runs[k]`` then
-    carries its hidden states. Returns the number of calls made: 0 (nothing changed) for fewer than
-    two sub-batches, or prompts placed in templates.
+    call, each row with its own prompt; ``runs[k]`` then carries its hidden states. Returns the number
+    of calls made: 0 (nothing changed) for fewer than two sub-batches, or prompts placed in templates.
 
-    A joined call pads every row to the widest (prompt + text) of the call. With ``call_cost`` (a
-    call's fixed cost in padded positions, ``scripts/bench_call_cost.py`` measures it), sub-batches
-    of very different widths (short reviews beside long QA contexts) split into calls by width where
-    the padding saved outweighs the cost of the extra calls."""
-    if len(keys) < 2 or any("virtual_index" in batches[k] for k in keys):  # [P:n] templates run alone
+    ``packed``: the rows are packed end to end without padding (``PromptedBackbone.hidden_states_packed``)
+    where the backbone's attention kernel takes block-diagonal masks (eager, sdpa). Otherwise
+    (``hidden_states_together``) a call pads every row to the widest (prompt + text) of the call; with
+    ``call_cost`` (a call's fixed cost in padded positions, ``scripts/bench_call_cost.py`` measures it),
+    sub-batches of very different widths (short reviews beside long QA contexts) split into calls by
+    width where the padding saved outweighs the cost of the extra calls."""
+    if not keys or any("virtual_index" in batches[k] for k in keys):  # [P:n] templates run alone
+        return 0
+    backbone = runs[keys[0]].backbone
+    packed = packed and backbone.packs
+    if len(keys) < 2:  # one sub-batch runs as its format runs it (packing it alone gained nothing measurable)
         return 0
     prompted = {k: runs[k].prompt_for(batches[k]) for k in keys}
-    sizes = {k: tuple(batches[k]["input_ids"].shape) for k in keys}
-    widths = {k: prompted[k][0].prepended + sizes[k][1] for k in keys}
-    backbone = runs[keys[0]].backbone
-    groups = [keys] if call_cost is None else width_groups({k: (sizes[k][0], widths[k]) for k in keys}, call_cost)
+    if packed:
+        groups, join = [keys], backbone.hidden_states_packed
+    else:
+        sizes = {k: tuple(batches[k]["input_ids"].shape) for k in keys}
+        widths = {k: prompted[k][0].prepended + sizes[k][1] for k in keys}
+        groups = [keys] if call_cost is None else width_groups({k: (sizes[k][0], widths[k]) for k in keys}, call_cost)
+        join = backbone.hidden_states_together
     for group in groups:
-        hidden = backbone.hidden_states_together([(batches[k], *prompted[k]) for k in group])
+        hidden = join([(batches[k], *prompted[k]) for k in group])
         for k, states in zip(group, hidden):
             runs[k] = WithHiddenStates(runs[k], batches[k], states)
     return len(groups)

@@ -9,6 +9,7 @@ hidden states can share one forward pass (``hidden_states_together``).
 
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 
 import torch
@@ -18,12 +19,19 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .backbone import ArchitectureFacts, backbone_fingerprint, load_backbone, resolve_path
 from .methods.base import PromptContext, PromptOutput
+from .packing import Segment, block_mask, packed_prefixes, place
 from .pooling import sequence_logprobs
-from .prefix_injection import PrefixInjector, find_self_attention
+from .prefix_injection import SUPPORTED_KERNELS, PrefixInjector, find_self_attention, kernel_name
 
 # Encoders whose real tokens ``prefix_positions: first`` can number after a prefix (``positions_after``).
 PREFIX_POSITION_ENCODERS = {"bert": "from_zero", "electra": "from_zero", "roberta": "after_padding",
                             "xlm-roberta": "after_padding", "camembert": "after_padding"}
+# Encoders that number an unpadded row from the padding index + 1 (see ``packed_position_start``).
+PACKED_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet")
+# Attention's cost per key and position, over hidden size, relative to a position's own work
+# (``packing.cost``): 4H^2 + 8H^2 MACs of projections and MLP against 2H per key in theory (1/6);
+# 4 times that on the CPU with a dense mask (MiniLM: attention was 8% of a packed call 58 wide).
+ATTENTION_COST = 4 / 6
 
 
 class PromptsDoNotJoin(ValueError):
@@ -324,6 +332,82 @@ class PromptedBackbone(nn.Module):
             out.append(hidden[row: row + size, start: start + length])
             row += size
         return out
+
+
+    def hidden_states_packed(self, parts: list[tuple[dict, PromptOutput, Tensor | None]]) -> list[Tensor]:
+        """``hidden_states_together`` without padding: every row (its prompt, then its real tokens) is a
+        segment of a few packed rows, attention block-diagonal (``packing``), so a batch of short and long
+        texts costs its real positions rather than its rows times the widest. Each part's hidden states
+        come back padded as its own call pads them (zeros at padding)."""
+        if any("virtual_index" in inputs for inputs, _, _ in parts):
+            raise PromptsDoNotJoin("prompts placed in a template's [P:n] positions run one batch at a time")
+        typed = all("token_type_ids" in inputs for inputs, _, _ in parts)
+        segments, pieces, sources = [], [], {}
+        for i, (inputs, prompt, embeds) in enumerate(parts):
+            embeds = embeds if embeds is not None else self.model.get_input_embeddings()(inputs["input_ids"])
+            real = inputs["attention_mask"].bool()
+            kv = prompt.layer_kv if prompt.layer_hidden is None else self.layer_kv(prompt.layer_hidden)
+            per_row = kv is not None and kv[0][0].dim() == 4
+            if kv is not None and not per_row:
+                sources[(i,)] = [pair[:2] for pair in kv]
+            for r in range(embeds.shape[0]):
+                source = None if kv is None else (i, r) if per_row else (i,)
+                if per_row:
+                    sources[source] = [(k[r], v[r]) for k, v, *_ in kv]
+                text = embeds[r][real[r]]
+                types = inputs["token_type_ids"][r][real[r]] if typed else None
+                if prompt.prepended:
+                    text = torch.cat([prompt.prepend_rows(embeds.shape[0])[r].to(text.dtype), text])
+                    types = torch.cat([types.new_zeros(prompt.prepended), types]) if typed else None
+                segments.append(Segment(i, r, text.shape[0], source))
+                pieces.append((text, types))
+        rows, width = place(segments, ATTENTION_COST / self.facts.hidden_size)
+        first = pieces[0][0]
+        embeds = first.new_zeros(rows, width, first.shape[-1])
+        positions = torch.zeros(rows, width, dtype=torch.long, device=first.device)
+        types = torch.zeros(rows, width, dtype=torch.long, device=first.device) if typed else None
+        start = self.packed_position_start()
+        for s, (text, row_types) in zip(segments, pieces):
+            where = slice(s.start, s.start + s.length)
+            embeds[s.bin, where] = text
+            positions[s.bin, where] = torch.arange(start, start + s.length, device=first.device)
+            if typed:
+                types[s.bin, where] = row_types
+        kwargs = {"inputs_embeds": embeds, "attention_mask": block_mask(
+            segments, rows, width, self.facts.is_decoder_only, embeds.dtype, embeds.device)}
+        if typed:
+            kwargs["token_type_ids"] = types
+        if self.takes_position_ids:
+            kwargs["position_ids"] = positions
+        if self.facts.is_decoder_only:
+            kwargs["use_cache"] = False
+        layers = packed_prefixes(segments, rows, width, sources)
+        if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
+            self._injector().set(layers)
+        hidden = self.model(**kwargs).last_hidden_state
+        out = [hidden.new_zeros(*inputs["input_ids"].shape, hidden.shape[-1]) for inputs, _, _ in parts]
+        for s in segments:
+            inputs, prompt, _ = parts[s.part]
+            text = hidden[s.bin, s.start + prompt.prepended: s.start + s.length]
+            out[s.part][s.row][inputs["attention_mask"][s.row].bool()] = text
+        return out
+
+    @cached_property
+    def takes_position_ids(self) -> bool:
+        return "position_ids" in inspect.signature(self.model.forward).parameters
+
+    @property
+    def packs(self) -> bool:
+        """Whether ``hidden_states_packed`` can run: its block-diagonal mask needs a kernel that reads a
+        dense mask (flash-attention kernels take padding only)."""
+        return kernel_name(self.model) in SUPPORTED_KERNELS
+
+    def packed_position_start(self) -> int:
+        """The position id a segment's first position takes: what the model numbers an unpadded row from
+        (RoBERTa-style embeddings count after the padding index)."""
+        if self.facts.model_type in PACKED_AFTER_PADDING:
+            return self.model.config.pad_token_id + 1
+        return 0
 
 
 def join_layer_prompts(prompts: list[PromptOutput], sizes: list[int], backbone: PromptedBackbone) -> PromptOutput | None:

@@ -198,7 +198,8 @@ class Server:
         self.name, self.port = name, free_port()
         config = {"backbone": backbone, "prompts": entries, "accelerator": args.accelerator, "workers_per_device": 1,
                   "max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout, "timeout": 60.0,
-                  "host": "127.0.0.1", "port": self.port, "call_cost": args.call_cost}
+                  "host": "127.0.0.1", "port": self.port, "call_cost": args.call_cost,
+                  "packing": not args.no_packing}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "serve.json").write_text(json.dumps(config, indent=1))
         self.log_path = folder / "server.log"
@@ -405,27 +406,29 @@ def load_probe(spec_path: Path) -> None:
         answer_batch(mixed[i: i + 16])
     stages[f"+ {len(mixed)} mixed requests answered (batches of 16)"] = own_memory()
 
-    def ms_per_request(batches: list[list], call_cost=spec["call_cost"]) -> float:
+    def ms_per_request(batches: list[list], call_cost=spec["call_cost"], packed=spec["packing"]) -> float:
         """Best of 3 passes of answer_batch over the batches (encoding excluded)."""
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
             for batch in batches:
-                answer_batch(batch, call_cost)
+                answer_batch(batch, call_cost, packed)
             best = min(best, time.perf_counter() - start)
         return round(best / sum(len(b) for b in batches) * 1000, 2)
 
     single = items_of(spec["single_bodies"])
     by_prompt = {name: [it for it in mixed if it.endpoint.name == name] for name in endpoints}
+    eights = [mixed[i: i + 8] for i in range(0, len(mixed), 8)]
+    served = "packed" if spec["packing"] else f"padded, call_cost {spec['call_cost']}"
     compute = {  # what the worker's answer_batch costs, without HTTP, LitServe or concurrent clients
-        f"{spec['single']} only, batches of 8": ms_per_request([single[i: i + 8] for i in range(0, len(single), 8)]),
-        f"8 prompts mixed, batches of 8 (joined: as served, call_cost {spec['call_cost']})": ms_per_request(
-            [mixed[i: i + 8] for i in range(0, len(mixed), 8)]),
-        "the same batches joined in one call (call_cost null)": ms_per_request(
-            [mixed[i: i + 8] for i in range(0, len(mixed), 8)], None),
+        f"{spec['single']} only, batches of 8 (as served)": ms_per_request([single[i: i + 8] for i in range(0, len(single), 8)]),
+        f"8 prompts mixed, batches of 8 (as served: {served})": ms_per_request(eights),
+        "the same batches packed": ms_per_request(eights, packed=True),
+        f"the same batches padded, call_cost {spec['call_cost']}": ms_per_request(eights, packed=False),
+        "the same batches padded in one call (call_cost null)": ms_per_request(eights, None, False),
         "the same batches split by prompt (one call per prompt)": ms_per_request(
-            [[it for it in mixed[i: i + 8] if it.endpoint.name == name] for i in range(0, len(mixed), 8)
-             for name in endpoints if any(it.endpoint.name == name for it in mixed[i: i + 8])]),
+            [[it for it in batch if it.endpoint.name == name] for batch in eights
+             for name in endpoints if any(it.endpoint.name == name for it in batch)]),
         "each prompt's requests batched alone (one call per prompt)": ms_per_request(
             [rows[i: i + 8] for rows in by_prompt.values() for i in range(0, len(rows), 8)]),
     }
@@ -438,7 +441,7 @@ def load_memory(backbone: str, entries: dict, folder: Path, args) -> dict:
     bodies = [(n, b.decode()) for n, b in request_bodies(list(entries), 64, 7)]
     single = [(n, b.decode()) for n, b in request_bodies([SINGLE], 64, 8)]
     spec.write_text(json.dumps({"backbone": backbone, "entries": entries, "bodies": bodies, "single": SINGLE,
-                                "call_cost": args.call_cost,
+                                "call_cost": args.call_cost, "packing": not args.no_packing,
                                 "single_bodies": single}))
     out = subprocess.run([sys.executable, __file__, "--load-probe", str(spec)], capture_output=True, text=True,
                          env=server_env(args), timeout=600)
@@ -740,6 +743,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="(b) then serves each prompt alone for this many requests (0: skip)")
     p.add_argument("--call-cost", default="auto", type=lambda v: v if v == "auto" else None if v == "null" else float(v),
                    help="the servers' call_cost (a number, auto, or null)")
+    p.add_argument("--no-packing", action="store_true",
+                   help="the servers pad each batch's rows (packing: false) instead of packing them")
     p.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--server-threads", type=int, help="OMP_NUM_THREADS for the servers (default: torch's, one per core)")
     p.add_argument("--configs", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"],

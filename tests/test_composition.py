@@ -16,7 +16,7 @@ import lit_prompts
 from lit_prompts import Prompted, PromptedBackbone, build_format
 from lit_prompts.data import MultiTaskDataModule
 from lit_prompts.methods import DeepPrompt, Prefix, SoftPrompt
-from lit_prompts.methods.base import NoPrompt
+from lit_prompts.methods.base import NoPrompt, Prompt, PromptContext, PromptOutput
 from lit_prompts.prompted import share_hidden_states
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release_0_1"
@@ -113,11 +113,28 @@ def test_out_of_tree_instance_dependent_method_runs_through_the_cli(tiny_backbon
     assert all(torch.equal(loaded.export_tensors()[k], v) for k, v in model.export_tensors().items())
 
 
+class PerRowDeepPrompt(Prompt):
+    """A deep prompt of its own for every row (as an input-dependent method makes)."""
+
+    def __init__(self, layers: int, length: int, hidden: int):
+        super().__init__()
+        self.layers, self.length, self.hidden = layers, length, hidden
+
+    def forward(self, context: PromptContext) -> PromptOutput:
+        generator = torch.Generator().manual_seed(context.batch_size)
+        return PromptOutput(layer_hidden=torch.randn(context.batch_size, self.layers, self.length, self.hidden,
+                                                     generator=generator))
+
+
+LAYOUTS = {"one call": dict(call_cost=None), "a call per width": dict(call_cost=0.0), "packed": dict(packed=True)}
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("call_cost", [None, 0.0], ids=["one call", "a call per width"])
-def test_joined_hidden_states_equal_each_prompt_alone(arch, call_cost, tiny_backbone):
-    """Input-level, deep and prefix prompts of different lengths over texts of different lengths, joined
-    into one backbone call (or split by width): every real token's hidden state as its own call gives it."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_joined_hidden_states_equal_each_prompt_alone(arch, layout, tiny_backbone):
+    """Input-level, deep, per-row deep and prefix prompts of different lengths over texts of different
+    lengths, joined into one backbone call (padded, split by width, or packed end to end): every real
+    token's hidden state as its own call gives it."""
     torch.manual_seed(0)
     backbone = PromptedBackbone.load(tiny_backbone(arch), "head")
     if backbone.facts.is_decoder_only:  # as the data module pads decoders
@@ -127,19 +144,21 @@ def test_joined_hidden_states_equal_each_prompt_alone(arch, call_cost, tiny_back
     prompts = {
         "input": SoftPrompt(3, f.hidden_size, init=torch.randn(3, f.hidden_size)),
         "deep": DeepPrompt(layers, 2, f.hidden_size, init=torch.randn(layers, 2, f.hidden_size)),
+        "per_row": PerRowDeepPrompt(layers, 3, f.hidden_size),
         "prefix": Prefix(layers, f.num_key_value_heads, 4, f.head_dim, f.hidden_size,
                          init=torch.randn(layers, 2, f.num_key_value_heads, 4, f.head_dim)),
         "none": NoPrompt(),
     }
     texts = {"input": ["a good film", "bad"], "deep": ["the plot was long and dull and slow"],
-             "prefix": ["fun", "great fun indeed", "so so"], "none": ["plain text here"]}
+             "per_row": ["so very dull", "fun"], "prefix": ["fun", "great fun indeed", "so so"],
+             "none": ["plain text here"]}
     batches = {k: dict(backbone.tokenizer(t, padding=True, return_tensors="pt")) for k, t in texts.items()}
     runs = {k: Prompted(backbone, p) for k, p in prompts.items()}
     with torch.no_grad():
         alone = {k: runs[k].hidden_states(batches[k]) for k in runs}
-        calls = share_hidden_states(runs, batches, list(runs), call_cost)
+        calls = share_hidden_states(runs, batches, list(runs), **LAYOUTS[layout])
         joined = {k: runs[k].hidden_states(batches[k]) for k in runs}
-    assert calls == 1 if call_cost is None else calls > 1
+    assert calls > 1 if layout == "a call per width" else calls == 1
     for k in runs:
         real = batches[k]["attention_mask"].bool()
         assert joined[k].shape == alone[k].shape, k

@@ -58,3 +58,32 @@ def test_vocab_start_and_words_start_differ_and_the_mlp_ignores_init(tiny_backbo
     assert all((table == row).all(-1).any() for row in vocab.detach().flatten(0, 1))  # vocabulary embeddings
     assert not torch.allclose(vocab, p_tuning_v2(path, "head").prompt.deep_prompts)
     assert p_tuning_v2(path, "head", reparameterize=True, reparam_hidden_size=8).prompt.reparam is not None
+
+
+@pytest.mark.parametrize("kind", ["PTuningV2", "PrefixTuning"])
+def test_loading_a_prompt_does_not_run_the_backbone_on_its_start_words(kind, tiny_backbone, tmp_path, monkeypatch):
+    """The words' start is training's; a loaded prompt's saved tensors replace it, so ``load`` (serving
+    loads one per prompt) neither runs the backbone nor loads the tokenizer for it, in either form."""
+    import lit_prompts
+
+    cls = getattr(lit_prompts, kind)
+    method = cls(backbone=tiny_backbone("bert"), task_format="head", label_names=LABELS, num_virtual_tokens=P)
+    with torch.no_grad():
+        for p in method.prompt.parameters():
+            p.add_(torch.randn_like(p))  # as if trained: no longer the start
+    method.export_prompt(tmp_path / "prompt")
+    saved = {"state_dict": method.state_dict(), "hyper_parameters": dict(method.hparams)}
+    method.on_save_checkpoint(saved)
+    checkpoint = tmp_path / "method.ckpt"
+    torch.save(saved, checkpoint)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone ran on the start words while loading")
+
+    for name in ("word_hidden_prompts", "word_prefix"):
+        monkeypatch.setattr(lit_prompts.training.methods, name, refuse)
+    for source in (tmp_path / "prompt", checkpoint):
+        loaded = lit_prompts.load(source)
+        assert all(torch.equal(loaded.export_tensors()[k], v) for k, v in method.export_tensors().items()), source
+    with pytest.raises(AssertionError, match="start words"):  # building one to train still starts from the words
+        cls(backbone=tiny_backbone("bert"), task_format="head", label_names=LABELS, num_virtual_tokens=P)

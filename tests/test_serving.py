@@ -98,10 +98,11 @@ def test_a_mixed_batch_answers_as_each_request_alone(exported):
             elif key != "score":
                 assert got[key] == value, (name, key)
     # Every format that reads hidden states (head, token, span: input-level and deep prompts) shares one
-    # backbone call; cloze reads the masked-LM form and runs its own.
+    # backbone call, the rows packed end to end; cloze reads the masked-LM form and runs its own.
     assert calls == 2
-    # Free calls: each width its own call (the QA context is the widest), the same answers.
-    split, split_calls = answer_batch([ask(served[name], fields) for name, fields in REQUESTS.items()], call_cost=0)
+    # Padded rows instead, and free calls: each width its own call (the QA context is the widest), the same answers.
+    split, split_calls = answer_batch([ask(served[name], fields) for name, fields in REQUESTS.items()], call_cost=0,
+                                      packed=False)
     assert split_calls > calls
     for expected, got in zip(mixed, split):
         assert got.keys() == expected.keys()

@@ -43,11 +43,15 @@ class ServeSettings:
         host: address to listen on (``127.0.0.1``, ``0.0.0.0`` or ``::``).
         port: TCP port.
         admin_token_env: environment variable holding the admin token (unset: no admin routes).
-        call_cost: how a batch's requests for prompts of very different widths (short reviews, long
-            QA contexts) split into backbone calls: a call's fixed cost in padded positions; a split
-            that saves more padding than the extra calls cost is made (``scripts/bench_call_cost.py``
-            measures it for a backbone and device). ``auto``: the measured value for the device kind
-            (``serving.batching.CALL_COST``); ``null``: always one call.
+        packing: a batch's requests (any prompts, short reviews beside long QA contexts) run as one
+            backbone call with each request's prompt and text laid end to end, without padding, and
+            attention kept inside each request. Needs an attention kernel that reads a dense mask
+            (eager, sdpa); with another kernel, or ``false``, rows are padded (``call_cost``).
+        call_cost: where rows are padded, how a batch's requests of very different widths split into
+            backbone calls: a call's fixed cost in padded positions; a split that saves more padding than
+            the extra calls cost is made (``scripts/bench_call_cost.py`` measures it for a backbone and
+            device). ``auto``: the measured value for the device kind (``serving.batching.CALL_COST``);
+            ``null``: always one call.
         openai: also serve ``POST /v1/chat/completions`` (OpenAI's chat format) for the text-to-text
             prompts, ``model`` naming one. LitServe runs each API in worker processes of its own, so the
             chat route's workers (``workers_per_device`` of them) hold their own copy of the backbone,
@@ -65,6 +69,7 @@ class ServeSettings:
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     port: int = 8000
     admin_token_env: str = "LIT_PROMPTS_ADMIN_TOKEN"
+    packing: bool = True
     call_cost: float | Literal["auto"] | None = "auto"
     openai: bool = False
 

@@ -141,7 +141,7 @@ class PromptServingAPI(ls.LitAPI):
             items.append(Item(endpoint, feature, facts, request["options"]))
             where.append(i)
         if items:
-            answered, calls = answer_batch(items, self.settings.get("call_cost"))
+            answered, calls = answer_batch(items, self.settings.get("call_cost"), self.settings.get("packing", True))
             for i, answer in zip(where, answered):
                 if isinstance(answer, Exception):
                     answers[i] = HTTPException(500, f"the prompt failed on this request: {type(answer).__name__}: {answer}")

@@ -1,9 +1,11 @@
 """Answering a batch of requests for different prompts on one frozen backbone.
 
-Prompts whose formats read the backbone's hidden states (head, token, span) share forward passes
-with per-row prompts (``PromptedBackbone.hidden_states_together``: input-level and deep prompts
-alike, of any lengths; one pass, or a few by width where that saves padding); the others (cloze, text-to-text) run one call per
-prompt, generation one per prompt and generation settings. A request that fails fails alone.
+Prompts whose formats read the backbone's hidden states (head, token, span) share one forward pass
+with per-row prompts, input-level and deep alike, of any lengths: the rows packed end to end
+(``PromptedBackbone.hidden_states_packed``), or padded where the attention kernel cannot take a packed
+mask (``hidden_states_together``: one pass, or a few by width where that saves padding). The others
+(cloze, text-to-text) run one call per prompt, generation one per prompt and generation settings. A
+request that fails fails alone.
 """
 
 from __future__ import annotations
@@ -36,22 +38,23 @@ CALL_COST = {"cpu": 80.0}
 
 
 @torch.no_grad()
-def answer_batch(items: list[Item], call_cost: float | str | None = None) -> tuple[list[dict | Exception], int]:
+def answer_batch(items: list[Item], call_cost: float | str | None = None,
+                 packed: bool = True) -> tuple[list[dict | Exception], int]:
     """Answers (or the exception of a request that failed) in the items' order, and the number of
-    backbone calls the batch took. ``call_cost``: see ``share_hidden_states`` (``auto``: ``CALL_COST``
-    of the device)."""
+    backbone calls the batch took. ``packed`` and ``call_cost``: see ``share_hidden_states`` (``auto``:
+    ``CALL_COST`` of the device; it applies where rows are not packed)."""
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
         generation = (item.options.get("max_new_tokens"), item.options.get("num_beams"))
         groups.setdefault((item.endpoint.name, *generation), []).append(i)
     answers: list = [None] * len(items)
-    batches = {key: move_data_to_device(items[rows[0]].endpoint.collate([items[i].feature for i in rows]),
-                                        items[rows[0]].endpoint.method.device) for key, rows in groups.items()}
+    batches = {key: on_device(items[rows[0]].endpoint.collate([items[i].feature for i in rows]),
+                              items[rows[0]].endpoint.method.device) for key, rows in groups.items()}
     runs = {key: method_run(items[rows[0]].endpoint) for key, rows in groups.items()}
     shared = [key for key, rows in groups.items() if joins(items[rows[0]].endpoint.method)]
     if call_cost == "auto":
         call_cost = CALL_COST.get(items[0].endpoint.method.device.type)
-    calls = share_hidden_states(runs, batches, shared, call_cost)
+    calls = share_hidden_states(runs, batches, shared, call_cost, packed)
     for key, rows in groups.items():
         endpoint = items[rows[0]].endpoint
         try:
@@ -62,6 +65,11 @@ def answer_batch(items: list[Item], call_cost: float | str | None = None) -> tup
         for i, row in zip(rows, predicted):
             answers[i] = row if isinstance(row, Exception) else endpoint.answer(row, items[i].facts)
     return answers, calls
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    # The collator makes CPU tensors: on a CPU server, skip walking every batch's nested fields.
+    return batch if device.type == "cpu" else move_data_to_device(batch, device)
 
 
 def method_run(endpoint: PromptEndpoint):

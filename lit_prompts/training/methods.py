@@ -10,6 +10,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from ..contexts import is_restoring
 from ..methods import DeepPrompt, EncodedPrompt, MultiTaskPrompt, PoolPrompt, Prefix, SoftPrompt
 from ..methods.multitask import Variant
 from ..methods.p_tuning import Encoder
@@ -115,7 +116,7 @@ class PrefixTuning(PromptMethod):
         if reparameterize:
             self.default_lr = 1e-3
         f = self.facts
-        if init == "words":
+        if init == "words" and not is_restoring():  # (restoring: the saved prefix replaces any start)
             text = init_text or default_init_text(self.hparams.task, self.hparams.label_names)
             start = word_prefix(self.backbone, num_virtual_tokens, text, self.hparams.prefix_positions)
         else:
@@ -162,7 +163,7 @@ class PTuningV2(PromptMethod):
         super().__init__(**kwargs)
         layers, hidden = self.backbone.num_layers, self.facts.hidden_size
         start = None  # through the MLP, its output is the prompt
-        if not reparameterize and init == "words":
+        if not reparameterize and init == "words" and not is_restoring():  # (restoring: saved prompts replace it)
             text = init_text or default_init_text(self.hparams.task, self.hparams.label_names)
             start = word_hidden_prompts(self.backbone, num_virtual_tokens, text, self.hparams.prefix_positions)
         elif not reparameterize:
