@@ -124,9 +124,7 @@ def check_prefix_architecture(facts, method_name: str) -> None:
 def deep_prompts_as_prefix(method, deep_prompts: Tensor) -> Tensor:
     """[L, 2, H_kv, P, d]: P-tuning v2's hidden-state prompts [L, P, H] through each layer's frozen key
     and value projections, what the layer computes from them in every forward."""
-    with torch.no_grad():
-        pairs = method.backbone.layer_kv(deep_prompts.to(next(method.backbone.parameters()).device))
-    return torch.stack([torch.stack(pair) for pair in pairs]).float().cpu()
+    return method.backbone.prefix_of(deep_prompts.to(next(method.backbone.parameters()).device)).float().cpu()
 
 
 def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:

@@ -88,6 +88,12 @@ class PromptedBackbone(nn.Module):
         return [injector.project(layer, hidden.select(-3, layer), kv_heads) for layer in range(len(injector))]
 
     @torch.no_grad()
+    def prefix_of(self, hidden: Tensor) -> Tensor:
+        """[L, 2, H_kv, P, d]: hidden-state prompts [L, P, H] as the keys and values each layer computes
+        from them in every forward (``layer_kv``), a prefix that the frozen backbone makes equivalent."""
+        return torch.stack([torch.stack(pair) for pair in self.layer_kv(hidden)])
+
+    @torch.no_grad()
     def attention_keys_values(self, input_ids: Tensor, position_ids: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Per self-attention layer (in the order prefixes take), the keys and values of ``input_ids``
         [1, P] exactly as each attention kernel reads them, the backbone run in eval mode without

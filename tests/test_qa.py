@@ -80,6 +80,32 @@ def test_decoding_picks_the_best_span_across_windows():
     assert text != "" and text in ("aa", "aa bb", "aa bb cc")
 
 
+def test_decoding_equals_the_exhaustive_search_over_the_n_best_pairs(seed=0):
+    """The pairs of the n_best starts and ends are scored at once; the answer is the one a plain loop over
+    them (starts, then ends, in score order; the first of equal scores) picks, on windows with ties too."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(30):
+        windows, width = 3, 12
+        offsets = [[None] + [(3 * i, 3 * i + 2) for i in range(width - 1)] for _ in range(windows)]
+        batch = {"ids": ["a", "b"], "context": ["xx " * width] * 2, "window_example": [0, 0, 1], "offsets": offsets,
+                 "pad_shift": torch.zeros(windows, dtype=torch.long),
+                 "attention_mask": torch.ones(windows, width, dtype=torch.long)}
+        start, end = (torch.randint(0, 4, (windows, width), generator=generator).float() for _ in range(2))
+        decoder = SpanQa(["start", "end"], hidden_size=2, n_best=5, max_answer_tokens=3)
+        decoder.head = torch.nn.Identity()
+        expected = [("", float("-inf"), -1)] * 2
+        for w, example in enumerate(batch["window_example"]):
+            positions = torch.arange(1, width)
+            starts = positions[start[w, positions].topk(5).indices].tolist()
+            ends = positions[end[w, positions].topk(5).indices].tolist()
+            for s in starts:
+                for e in ends:
+                    if s <= e < s + 3 and float(start[w, s] + end[w, e]) > expected[example][1]:
+                        first, last = offsets[w][s][0], offsets[w][e][1]
+                        expected[example] = (batch["context"][example][first:last], float(start[w, s] + end[w, e]), first)
+        assert decoder.answers(fake_method(start.tolist(), end.tolist()), batch) == expected
+
+
 def test_squad_metric_uses_the_official_normalisation():
     metric = SQuAD()
     # Articles, punctuation, case and spacing are ignored; the best of the gold answers counts.

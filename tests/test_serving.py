@@ -26,6 +26,8 @@ import lit_prompts
 from lit_prompts.backbone import shared_backbones
 from lit_prompts.data import PromptDataModule
 from lit_prompts.data.qa import SPAN_LABELS
+from lit_prompts.methods import DeepPrompt, Prefix
+from lit_prompts.methods.base import PromptOutput
 from lit_prompts.prompted import width_groups
 from lit_prompts.serving.batching import Item, answer_batch
 from lit_prompts.serving.endpoint import PromptEndpoint, RequestError
@@ -330,11 +332,24 @@ def test_prompts_of_any_lengths_and_placements_share_one_call(arch, tiny_backbon
         batch = dict(tokenizer(rows, padding=True, return_tensors="pt"))
         parts.append((batch, *method.prompted(method.default_task).prompt_for(batch)))
     with torch.no_grad():
-        together = backbone.hidden_states_together(parts)
-        for method, (batch, _, _), joined in zip(methods, parts, together):
-            alone = method.backbone.hidden_states(batch, *method.prompted(method.default_task).prompt_for(batch))
-            real = batch["attention_mask"].bool()
-            torch.testing.assert_close(joined[real], alone[real], atol=1e-5, rtol=1e-5)
+        for together in (backbone.hidden_states_together(parts), backbone.hidden_states_packed(parts)):
+            for method, (batch, _, _), joined in zip(methods, parts, together):
+                alone = method.backbone.hidden_states(batch, *method.prompted(method.default_task).prompt_for(batch))
+                real = batch["attention_mask"].bool()
+                torch.testing.assert_close(joined[real], alone[real], atol=1e-5, rtol=1e-5)
+
+
+def test_a_served_deep_prompt_is_the_keys_and_values_its_layers_compute(exported):
+    """Served, P-tuning v2's deep prompts are projected once, into a prefix: the text's hidden states are
+    those of the method's own deep prompts, projected in every call."""
+    endpoint = endpoints(exported)["deep"]
+    assert isinstance(endpoint.prompt, Prefix) and isinstance(endpoint.method.prompt, DeepPrompt)
+    batch = endpoint.collate([endpoint.encode(REQUESTS["deep"])[0]])
+    with torch.no_grad():
+        served = endpoint.prompted().hidden_states(batch)
+        own = endpoint.method.prompted(endpoint.method.default_task).hidden_states(batch)
+    torch.testing.assert_close(served, own, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(served, endpoint.method.backbone.hidden_states(batch, PromptOutput()), atol=1e-3)
 
 
 @pytest.mark.parametrize("args,expected", [

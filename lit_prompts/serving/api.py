@@ -100,7 +100,9 @@ class PromptServingAPI(ls.LitAPI):
         if not isinstance(request, dict):
             return HTTPException(422, "the body must be a JSON object")
         name = request.get("prompt")
-        entries = self.state["entries"]
+        # The prompts this worker holds answer most requests without asking the shared state (a round trip
+        # to its manager process); a name it does not hold may have been added since its last batch.
+        entries = self.prompts.loaded if isinstance(name, str) and name in self.prompts.loaded else self.state["entries"]
         if not isinstance(name, str) or name not in entries:
             known = ", ".join(sorted(entries)) or "none"
             return HTTPException(404 if isinstance(name, str) else 422,

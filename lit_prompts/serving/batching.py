@@ -50,7 +50,7 @@ def answer_batch(items: list[Item], call_cost: float | str | None = None,
     answers: list = [None] * len(items)
     batches = {key: on_device(items[rows[0]].endpoint.collate([items[i].feature for i in rows]),
                               items[rows[0]].endpoint.method.device) for key, rows in groups.items()}
-    runs = {key: method_run(items[rows[0]].endpoint) for key, rows in groups.items()}
+    runs = {key: items[rows[0]].endpoint.prompted() for key, rows in groups.items()}
     shared = [key for key, rows in groups.items() if joins(items[rows[0]].endpoint.method)]
     if call_cost == "auto":
         call_cost = CALL_COST.get(items[0].endpoint.method.device.type)
@@ -70,11 +70,6 @@ def answer_batch(items: list[Item], call_cost: float | str | None = None,
 def on_device(batch: dict, device: torch.device) -> dict:
     # The collator makes CPU tensors: on a CPU server, skip walking every batch's nested fields.
     return batch if device.type == "cpu" else move_data_to_device(batch, device)
-
-
-def method_run(endpoint: PromptEndpoint):
-    method = endpoint.method
-    return method.prompted(method.default_task)
 
 
 def predict(endpoint: PromptEndpoint, run, batch: dict, options: dict) -> list[dict]:

@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 
 import datasets
 from datasets.table import InMemoryTable
+from torch import nn
 
 from ..data import PromptDataModule
 from ..data.raw import RawSplit
+from ..methods import DeepPrompt, Prefix
+from ..prompted import Prompted
 
 # Request fields per task (classification may add ``text_pair``; ner takes ``text`` or ``tokens``).
 TASK_FIELDS = {"classification": ("text",), "ner": ("text",), "qa": ("question", "context")}
@@ -60,6 +63,13 @@ class PromptEndpoint:
             TOKENIZERS[key] = self.data.tokenizer
         self.collate = self.data.collator(train=False)
         self.max_length = self.data.hparams.max_length
+        self.prompt = served_prompt(method)
+
+    def prompted(self) -> Prompted:
+        """The prompt on the backbone as the task format reads it (made per batch: it collects the batch's
+        auxiliary losses)."""
+        h = self.method.hparams
+        return Prompted(self.method.backbone, self.prompt, self.method.default_task, h.get("prefix_positions", "none"))
 
     def describe(self) -> dict:
         """What ``GET /prompts`` lists for this prompt."""
@@ -124,6 +134,19 @@ class PromptEndpoint:
             answer["truncated"] = True
             answer["note"] = f"the text is longer than max_length={self.max_length} tokens; only its start was read"
         return answer
+
+
+def served_prompt(method) -> nn.Module:
+    """The prompt module that answers requests. P-tuning v2's deep prompts become the keys and values
+    each layer computes from them, a prefix: the backbone is frozen, so they are the same in every call,
+    and a mixed batch then projects none of its deep prompts again (answers equal; tested)."""
+    prompt = method.prompt
+    if not isinstance(prompt, DeepPrompt) or prompt.settings["reparam_hidden_size"]:
+        return prompt
+    f = method.facts
+    prefix = method.backbone.prefix_of(prompt.hidden_prompts())
+    layers, _, kv_heads, length, head_dim = prefix.shape
+    return Prefix(layers, kv_heads, length, head_dim, f.hidden_size, init=prefix).to(prefix.device).eval()
 
 
 WORD = re.compile(r"\S+")

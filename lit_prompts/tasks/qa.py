@@ -88,15 +88,19 @@ class SpanQa(QaFormat):
             if len(context_positions) == 0:
                 continue
             k = min(self.n_best, len(context_positions))
-            starts = context_positions[start[w, context_positions].topk(k).indices].tolist()
-            ends = context_positions[end[w, context_positions].topk(k).indices].tolist()
-            for s in starts:
-                for e in ends:
-                    if s <= e < s + self.max_answer_tokens:
-                        score = float(start[w, s] + end[w, e])
-                        if score > best[example][1]:
-                            first, last = offsets[s - shift][0], offsets[e - shift][1]
-                            best[example] = (batch["context"][example][first:last], score, first)
+            starts = context_positions[start[w, context_positions].topk(k).indices]
+            ends = context_positions[end[w, context_positions].topk(k).indices]
+            # Every (start, end) pair of the n_best at once; argmax takes the first best in starts-then-ends order.
+            scores = start[w, starts][:, None] + end[w, ends][None, :]
+            valid = (starts[:, None] <= ends[None, :]) & (ends[None, :] < starts[:, None] + self.max_answer_tokens)
+            if not valid.any():
+                continue
+            pick = int(scores.masked_fill(~valid, float("-inf")).argmax())
+            s, e = int(starts[pick // k]), int(ends[pick % k])
+            score = float(scores[pick // k, pick % k])
+            if score > best[example][1]:
+                first, last = offsets[s - shift][0], offsets[e - shift][1]
+                best[example] = (batch["context"][example][first:last], score, first)
         return best
 
 
