@@ -347,30 +347,54 @@ class PromptedBackbone(nn.Module):
         come back padded as its own call pads them (zeros at padding)."""
         if any("virtual_index" in inputs for inputs, _, _ in parts):
             raise PromptsDoNotJoin("prompts placed in a template's [P:n] positions run one batch at a time")
+        segments, pieces, sources = self.packed_segments(parts)
+        rows, width = place(segments, ATTENTION_COST / self.facts.hidden_size)
+        kwargs = self.packed_inputs(segments, pieces, rows, width)
+        layers = packed_prefixes(segments, rows, width, sources)
+        if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
+            self._injector().set(layers)
+        hidden = self.model(**kwargs).last_hidden_state
+        out = [hidden.new_zeros(*inputs["input_ids"].shape, hidden.shape[-1]) for inputs, _, _ in parts]
+        for s in segments:
+            inputs, prompt, _ = parts[s.part]
+            out[s.part][s.row][inputs["attention_mask"][s.row].bool()] = hidden[
+                s.bin, s.start + prompt.prepended: s.start + s.length]
+        return out
+
+    def packed_segments(self, parts: list[tuple[dict, PromptOutput, Tensor | None]]) -> tuple[list, list, dict]:
+        """Per row of every part: its ``Segment``, its (embeddings, token types) as it runs alone without
+        padding (prompt first), and the layer prefixes the segments read, by source (a part's prompt,
+        or a row's own where the prompt differs per row)."""
         typed = all("token_type_ids" in inputs for inputs, _, _ in parts)
         segments, pieces, sources = [], [], {}
         for i, (inputs, prompt, embeds) in enumerate(parts):
             embeds = embeds if embeds is not None else self.model.get_input_embeddings()(inputs["input_ids"])
-            real = inputs["attention_mask"].bool()
+            real, size = inputs["attention_mask"].bool(), embeds.shape[0]
+            prepend = prompt.prepend_rows(size).to(embeds.dtype) if prompt.prepended else None
             kv = prompt.layer_kv if prompt.layer_hidden is None else self.layer_kv(prompt.layer_hidden)
             per_row = kv is not None and kv[0][0].dim() == 4
             if kv is not None and not per_row:
                 sources[(i,)] = [pair[:2] for pair in kv]
-            for r in range(embeds.shape[0]):
+            for r in range(size):
+                text = embeds[r][real[r]]
+                types = inputs["token_type_ids"][r][real[r]] if typed else None
+                if prepend is not None:
+                    text = torch.cat([prepend[r], text])
+                    types = torch.cat([types.new_zeros(prompt.prepended), types]) if typed else None
                 source = None if kv is None else (i, r) if per_row else (i,)
                 if per_row:
                     sources[source] = [(k[r], v[r]) for k, v, *_ in kv]
-                text = embeds[r][real[r]]
-                types = inputs["token_type_ids"][r][real[r]] if typed else None
-                if prompt.prepended:
-                    text = torch.cat([prompt.prepend_rows(embeds.shape[0])[r].to(text.dtype), text])
-                    types = torch.cat([types.new_zeros(prompt.prepended), types]) if typed else None
                 segments.append(Segment(i, r, text.shape[0], source))
                 pieces.append((text, types))
-        rows, width = place(segments, ATTENTION_COST / self.facts.hidden_size)
+        return segments, pieces, sources
+
+    def packed_inputs(self, segments: list, pieces: list, rows: int, width: int) -> dict:
+        """The model's keyword arguments for the placed segments: embeddings, the block-diagonal mask, each
+        segment's own position ids (and token types)."""
         first = pieces[0][0]
         embeds = first.new_zeros(rows, width, first.shape[-1])
         positions = torch.zeros(rows, width, dtype=torch.long, device=first.device)
+        typed = pieces[0][1] is not None
         types = torch.zeros(rows, width, dtype=torch.long, device=first.device) if typed else None
         start = self.packed_position_start()
         for s, (text, row_types) in zip(segments, pieces):
@@ -379,27 +403,19 @@ class PromptedBackbone(nn.Module):
             positions[s.bin, where] = torch.arange(start, start + s.length, device=first.device)
             if typed:
                 types[s.bin, where] = row_types
-        kwargs = {"inputs_embeds": embeds, "attention_mask": block_mask(
-            segments, rows, width, self.facts.is_decoder_only, embeds.dtype, embeds.device)}
+        mask = block_mask(segments, rows, width, self.facts.is_decoder_only, embeds.dtype, embeds.device)
+        kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
         if typed:
             kwargs["token_type_ids"] = types
         if self.takes_position_ids:
             kwargs["position_ids"] = positions
         if self.facts.is_decoder_only:
             kwargs["use_cache"] = False
-        layers = packed_prefixes(segments, rows, width, sources)
-        if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
-            self._injector().set(layers)
-        hidden = self.model(**kwargs).last_hidden_state
-        out = [hidden.new_zeros(*inputs["input_ids"].shape, hidden.shape[-1]) for inputs, _, _ in parts]
-        for s in segments:
-            inputs, prompt, _ = parts[s.part]
-            text = hidden[s.bin, s.start + prompt.prepended: s.start + s.length]
-            out[s.part][s.row][inputs["attention_mask"][s.row].bool()] = text
-        return out
+        return kwargs
 
     @cached_property
     def takes_position_ids(self) -> bool:
+        """Whether the model's forward numbers tokens from ``position_ids`` (T5's encoder has none: relative)."""
         return "position_ids" in inspect.signature(self.model.forward).parameters
 
     @property
