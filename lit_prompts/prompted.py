@@ -75,14 +75,11 @@ def share_hidden_states(runs: dict, batches: dict, keys: list, call_cost: float 
     ``call_cost`` (a call's fixed cost in padded positions, ``scripts/bench_call_cost.py`` measures it),
     sub-batches of very different widths (short reviews beside long QA contexts) split into calls by
     width where the padding saved outweighs the cost of the extra calls."""
-    if not keys or any("virtual_index" in batches[k] for k in keys):  # [P:n] templates run alone
-        return 0
-    backbone = runs[keys[0]].backbone
-    packed = packed and backbone.packs
-    if len(keys) < 2:  # one sub-batch runs as its format runs it (packing it alone gained nothing measurable)
+    if len(keys) < 2 or any("virtual_index" in batches[k] for k in keys):  # [P:n] templates run alone
         return 0
     prompted = {k: runs[k].prompt_for(batches[k]) for k in keys}
-    if packed:
+    backbone = runs[keys[0]].backbone
+    if packed and backbone.packs:
         groups, join = [keys], backbone.hidden_states_packed
     else:
         sizes = {k: tuple(batches[k]["input_ids"].shape) for k in keys}

@@ -211,8 +211,12 @@ def build_sparse_conll(source: Path, folder: Path, types=SPARSE_TYPES, share: fl
 
 
 def learning_rates(args) -> dict[str, list[float]]:
-    """Method -> its learning rates: ``--lr METHOD=LR1,LR2,...`` (one or several), else its ``default_lr``."""
+    """Method -> its learning rates: ``--lr METHOD=LR1,LR2,...`` (one or several), else its default on the
+    backbone (``default_lr_on``)."""
+    from transformers import AutoConfig
+
     import lit_prompts
+    from lit_prompts.backbone import ArchitectureFacts, resolve_path
 
     given = {}
     for item in args.lr:
@@ -226,7 +230,8 @@ def learning_rates(args) -> dict[str, list[float]]:
         if not rates:
             raise SystemExit(f"--lr {item!r}: no learning rate given")
         given[method] = list(dict.fromkeys(rates))  # in the order given, each once
-    return {m: given.get(m, [getattr(lit_prompts, m).default_lr]) for m in args.methods}
+    facts = ArchitectureFacts.from_config(AutoConfig.from_pretrained(resolve_path(args.backbone)))
+    return {m: given.get(m, [getattr(lit_prompts, m).default_lr_on(facts)]) for m in args.methods}
 
 
 @dataclass(frozen=True)

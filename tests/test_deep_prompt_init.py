@@ -5,6 +5,8 @@ into exactly the words' keys and values."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_prefix_init import TEXT, P, reference_prefix, word_ids
@@ -87,3 +89,17 @@ def test_loading_a_prompt_does_not_run_the_backbone_on_its_start_words(kind, tin
         assert all(torch.equal(loaded.export_tensors()[k], v) for k, v in method.export_tensors().items()), source
     with pytest.raises(AssertionError, match="start words"):  # building one to train still starts from the words
         cls(backbone=tiny_backbone("bert"), task_format="head", label_names=LABELS, num_virtual_tokens=P)
+
+
+def test_p_tuning_v2_default_rate_falls_with_depth(tiny_backbone):
+    import lit_prompts
+
+    def depth(layers):
+        return SimpleNamespace(num_layers=layers)
+
+    assert PTuningV2.default_lr_on(depth(2)) == PTuningV2.default_lr_on(depth(6)) == 3e-2
+    assert PTuningV2.default_lr_on(depth(30)) == pytest.approx(2.683e-3, rel=1e-3)  # SmolLM2: 3e-3 learned, 3e-2 did not
+    assert PTuningV2.default_lr_on(depth(12)) == pytest.approx(3e-2 / 8 ** 0.5)
+    assert lit_prompts.PromptTuning.default_lr_on(depth(30)) == lit_prompts.PromptTuning.default_lr  # one rate
+    method = p_tuning_v2(tiny_backbone("llama"), "head")  # 2 layers: the rate of shallow backbones
+    assert method.default_lr == 3e-2

@@ -88,6 +88,11 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         super().__init_subclass__(**kwargs)
         refuse_old_hooks(cls)
 
+    @classmethod
+    def default_lr_on(cls, facts) -> float:
+        """The default learning rate on a backbone of these ``ArchitectureFacts`` (most methods: one rate)."""
+        return cls.default_lr
+
     def __init__(
         self,
         backbone: str,
