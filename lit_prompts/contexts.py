@@ -19,15 +19,20 @@ def build_outside_cli(build, *args, **kwargs):
 
 
 @contextmanager
-def restoring() -> Iterator[None]:
-    """Methods built inside the block are about to receive saved tensors (``lit_prompts.load``): a start
-    that would run the backbone (prefixes and deep prompts from real words) is skipped, since the saved
-    values replace it."""
-    token = _RESTORING.set(True)
+def holding(variable: contextvars.ContextVar, value) -> Iterator[None]:
+    """``variable`` holds ``value`` inside the block, and what it held before after it."""
+    token = variable.set(value)
     try:
         yield
     finally:
-        _RESTORING.reset(token)
+        variable.reset(token)
+
+
+def restoring():
+    """Methods built inside the block are about to receive saved tensors (``lit_prompts.load``): a start
+    that would run the backbone (prefixes and deep prompts from real words) is skipped, since the saved
+    values replace it."""
+    return holding(_RESTORING, True)
 
 
 def is_restoring() -> bool:

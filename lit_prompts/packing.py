@@ -2,7 +2,7 @@
 for one backbone call, instead of each padded to the widest.
 
 A row (its prompt's prepended vectors, then its real tokens) becomes a *segment*; segments are placed
-first-fit, longest first, into rows as long as the longest segment. Attention is block-diagonal: a
+first-fit, longest first, into rows of one width (``place`` picks the cheapest). Attention is block-diagonal: a
 segment's tokens see only their own segment (and, in a decoder, only its earlier tokens), and only
 the layer-prefix columns of their own prompt. Each segment is numbered as it would be alone, so every
 real token's hidden state is the one its own call gives (up to floating-point summation order).
@@ -93,6 +93,7 @@ def packed_prefixes(segments: list[Segment], rows: int, width: int,
         if s.source is not None:
             first = columns[s.bin][s.source]
             visible[s.bin, s.start: s.start + s.length, first: first + sources[s.source][0][0].shape[-2]] = True
+    visible = visible.to(some[0][0].device)
     layers = []
     for layer in range(len(some)):
         key, value = (some[layer][j].new_zeros(rows, some[layer][j].shape[-3], total, some[layer][j].shape[-1])
@@ -102,5 +103,5 @@ def packed_prefixes(segments: list[Segment], rows: int, width: int,
                 k, v = sources[source][layer]
                 key[b, :, first: first + k.shape[-2]] = k
                 value[b, :, first: first + v.shape[-2]] = v
-        layers.append((key, value, visible.to(key.device)))
+        layers.append((key, value, visible))
     return layers

@@ -27,7 +27,7 @@ from .prefix_injection import SUPPORTED_KERNELS, PrefixInjector, find_self_atten
 PREFIX_POSITION_ENCODERS = {"bert": "from_zero", "electra": "from_zero", "roberta": "after_padding",
                             "xlm-roberta": "after_padding", "camembert": "after_padding"}
 # Encoders that number an unpadded row from the padding index + 1 (see ``packed_position_start``).
-PACKED_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet")
+PACKED_AFTER_PADDING = {t for t, numbering in PREFIX_POSITION_ENCODERS.items() if numbering == "after_padding"} | {"mpnet"}
 # Attention's cost per key and position, over hidden size, relative to a position's own work
 # (``packing.cost``): 4H^2 + 8H^2 MACs of projections and MLP against 2H per key in theory (1/6);
 # 4 times that on the CPU with a dense mask (MiniLM: attention was 8% of a packed call 58 wide).

@@ -22,7 +22,6 @@ weights.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
@@ -31,19 +30,15 @@ from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 from torch.optim import Optimizer
 
+from .contexts import holding
 from .safe_reading import read_checkpoint
 
 _RANK_ZERO_LOADS: ContextVar[bool] = ContextVar("lit_prompts_rank_zero_loads", default=False)
 
 
-@contextmanager
 def load_on_rank_zero(active: bool = True):
     """Methods built inside the block read backbone weights on global rank 0 only (see module doc)."""
-    token = _RANK_ZERO_LOADS.set(active)
-    try:
-        yield
-    finally:
-        _RANK_ZERO_LOADS.reset(token)
+    return holding(_RANK_ZERO_LOADS, active)
 
 
 def builds_on_meta() -> bool:
