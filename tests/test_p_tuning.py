@@ -72,6 +72,16 @@ def test_encoder_folds_into_the_exported_vectors(encoder, residual, tiny_backbon
                   f"--model.backbone={tiny_backbone('bert')}", "--data.task_format=cloze", f"--data.template={TEMPLATE}",
                   "--data.verbalizer={positive: great, negative: bad}", data_files_arg(reviews, ("train", "validation")),
                   "--trainer.max_epochs=1", root=tmp_path)
+    groups = cli.trainer.optimizers[0].param_groups
+    assert {id(p) for group in groups for p in group["params"]} == {id(p) for p in cli.model.trainable_parameters()}
+    if residual:  # the encoder trains in its own group at its share of the rate (the schedule's base rates)
+        embedding_group, encoder_group = groups
+        encoder_ids = {id(p) for p in cli.model.prompt.residual_encoder.parameters()}
+        assert {id(p) for p in encoder_group["params"]} == encoder_ids
+        scale = PTuning.ENCODER_LR_SCALE
+        assert encoder_group["initial_lr"] == pytest.approx(scale * embedding_group["initial_lr"], rel=1e-12)
+    else:  # the paper's form: one group at one rate
+        assert len(groups) == 1
     trained = lit_prompts.load(cli.trainer.checkpoint_callback.best_model_path).eval()
     exported = lit_prompts.load(tmp_path / "lightning_logs" / "version_0" / "prompt").eval()
     # The export holds the encoder's output as plain vectors: a SoftPrompt that fills the template, no encoder.
@@ -116,3 +126,33 @@ def test_a_checkpoint_of_the_encoder_alone_needs_residual_false(tiny_backbone):
     with pytest.raises(ValueError, match=r"encoder's output alone.*--model.residual=false"):
         make().on_load_checkpoint(checkpoint)
     make(residual=False).on_load_checkpoint(checkpoint)
+
+
+def test_a_checkpoint_with_one_optimizer_group_resumes_with_encoder_lr_scale_1(tiny_backbone):
+    def make(**kwargs):
+        return PTuning(backbone=tiny_backbone("bert"), label_names=["negative", "positive"], num_virtual_tokens=4, **kwargs)
+
+    old = make(encoder_lr_scale=1.0)  # the encoder at the prompt's rate: one group, as saved before the scale existed
+    assert len(old.parameter_groups()) == 1 and len(make().parameter_groups()) == 2
+    checkpoint = {"state_dict": old.state_dict(), "optimizer_states": [{"param_groups": [{"lr": 0.03}], "state": {}}]}
+    old.on_save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"--model.encoder_lr_scale=1"):
+        make().on_load_checkpoint(checkpoint)
+    make(encoder_lr_scale=1.0).on_load_checkpoint(checkpoint)
+
+
+def test_a_resumed_run_trains_the_encoder_at_its_rate_as_the_uninterrupted_run(tiny_backbone, reviews, tmp_path):
+    args = ["--model=PTuning", f"--model.backbone={tiny_backbone('bert')}", "--model.num_virtual_tokens=3",
+            "--seed_everything=7", data_files_arg(reviews), "--data.batch_size=8", "--trainer.max_epochs=-1",
+            # a schedule independent of the run's length, so that the shorter first part trains as the whole run
+            "--model.lr_schedule=constant_with_warmup", "--model.warmup_steps=2"]
+    whole = run_cli("fit", *args, "--trainer.max_steps=7", root=tmp_path / "whole")
+    run_cli("fit", *args, "--trainer.max_steps=5", root=tmp_path / "part")
+    last = tmp_path / "part" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = run_cli("fit", *args, "--trainer.max_steps=7", f"--ckpt_path={last}", root=tmp_path / "part")
+    assert resumed.trainer.global_step == whole.trainer.global_step == 7
+    ours, theirs = resumed.model.trainable_state_dict(), whole.model.trainable_state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    groups = [resumed.trainer.optimizers[0].param_groups, whole.trainer.optimizers[0].param_groups]
+    assert [[g["lr"] for g in run] for run in groups][0] == [[g["lr"] for g in run] for run in groups][1]
+    assert groups[0][1]["lr"] == pytest.approx(PTuning.ENCODER_LR_SCALE * groups[0][0]["lr"], rel=1e-12)

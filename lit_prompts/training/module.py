@@ -296,15 +296,24 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: ``{"params": [...], "lr_scale": s}``, where ``lr_scale``
+        (default 1) multiplies the optimizer's learning rate for that group. One group by default; a
+        method whose parameters move its prompt at different speeds per step gives them their own."""
+        return [{"params": self.trainable_parameters()}]
+
     def configure_optimizers(self):
         factory = self.optimizer_factory or partial(torch.optim.AdamW, lr=self.default_lr)
         try:
-            optimizer = factory(self.trainable_parameters())
+            optimizer = factory(self.parameter_groups())
         except ValueError as error:  # torch's message names no setting: "Invalid learning rate: 0"
             raise ValueError(f"model.init_args.optimizer: {error} (check its init_args, e.g. lr > 0)") from None
         rates = [float(group["lr"]) for group in optimizer.param_groups if "lr" in group]
         if any(not rate > 0 for rate in rates):  # a zero rate trains nothing, silently
             raise ValueError(f"model.init_args.optimizer: lr={rates[0]} must be > 0")
+        for group in optimizer.param_groups:  # before the scheduler reads each group's base rate
+            if "lr" in group:
+                group["lr"] = group["lr"] * float(group.pop("lr_scale", 1.0))  # (a plain float: checkpoints hold it)
         total = self.trainer.estimated_stepping_batches
         warmup = self.hparams.warmup_steps or int(self.hparams.warmup_ratio * total)
         scheduler = get_scheduler(self.hparams.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
