@@ -21,12 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from lit_prompts import PromptTuning, PTuning  # noqa: E402
+from lit_prompts.training.module import apply_lr_scales  # noqa: E402
 
 
 def relative_moves(method, lr: float, steps: int) -> list[float]:
     vectors = method.prompt.vectors if isinstance(method, PTuning) else lambda: method.prompt.prompt
-    groups = [{**group, "lr": lr * group.pop("lr_scale", 1.0)} for group in method.parameter_groups()]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    optimizer = torch.optim.AdamW(method.parameter_groups(), lr=lr)
+    apply_lr_scales(optimizer)
     direction = torch.randn(vectors().shape, generator=torch.Generator().manual_seed(1))
     moves = []
     for _ in range(steps):

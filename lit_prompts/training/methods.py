@@ -77,7 +77,9 @@ class PTuning(PromptMethod):
         super().__init__(**kwargs)
         if not residual:
             self.default_lr = 1e-2  # the sweep's best for the paper's form (3e-3 failed the NER sets)
-        self.encoder_lr_scale = float(encoder_lr_scale if encoder_lr_scale is not None else self.ENCODER_LR_SCALE if residual else 1.0)
+        if encoder_lr_scale is None:  # the paper's form keeps one rate, as swept for it
+            encoder_lr_scale = self.ENCODER_LR_SCALE if residual else 1.0
+        self.encoder_lr_scale = float(encoder_lr_scale)  # (a plain float: it reaches the optimizer's state)
         start = self.backbone.vocab_embeddings((num_virtual_tokens,))
         self.prompt = EncodedPrompt(num_virtual_tokens, self.facts.hidden_size, encoder, encoder_hidden_size, residual,
                                     init=start)
@@ -86,9 +88,10 @@ class PTuning(PromptMethod):
         encoder = self.prompt.encoder if self.prompt.residual_encoder is None else self.prompt.residual_encoder
         if encoder is None or self.encoder_lr_scale == 1:
             return super().parameter_groups()  # one group, as before the encoder had its own rate
-        in_encoder = {id(p) for p in encoder.parameters()}
+        weights = list(encoder.parameters())
+        in_encoder = {id(w) for w in weights}
         rest = [p for p in self.trainable_parameters() if id(p) not in in_encoder]
-        return [{"params": rest}, {"params": list(encoder.parameters()), "lr_scale": self.encoder_lr_scale}]
+        return [{"params": rest}, {"params": weights, "lr_scale": self.encoder_lr_scale}]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -35,6 +35,14 @@ from .init_from import start_from
 from .legacy import refuse_old_hooks
 
 
+def apply_lr_scales(optimizer: torch.optim.Optimizer) -> None:
+    """Each group's ``lr_scale`` (``PromptMethod.parameter_groups``) multiplies its rate and leaves the group,
+    so that the optimizer's state, which checkpoints hold, keeps plain values only."""
+    for group in optimizer.param_groups:
+        if "lr" in group:
+            group["lr"] = group["lr"] * float(group.pop("lr_scale", 1.0))
+
+
 class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, LightningModule):
     """Base of all prompt methods: the backbone is frozen; only prompt-side tensors (and heads) train.
 
@@ -311,9 +319,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         rates = [float(group["lr"]) for group in optimizer.param_groups if "lr" in group]
         if any(not rate > 0 for rate in rates):  # a zero rate trains nothing, silently
             raise ValueError(f"model.init_args.optimizer: lr={rates[0]} must be > 0")
-        for group in optimizer.param_groups:  # before the scheduler reads each group's base rate
-            if "lr" in group:
-                group["lr"] = group["lr"] * float(group.pop("lr_scale", 1.0))  # (a plain float: checkpoints hold it)
+        apply_lr_scales(optimizer)  # before the scheduler reads each group's base rate
         total = self.trainer.estimated_stepping_batches
         warmup = self.hparams.warmup_steps or int(self.hparams.warmup_ratio * total)
         scheduler = get_scheduler(self.hparams.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
