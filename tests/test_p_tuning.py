@@ -156,3 +156,17 @@ def test_a_resumed_run_trains_the_encoder_at_its_rate_as_the_uninterrupted_run(t
     groups = [resumed.trainer.optimizers[0].param_groups, whole.trainer.optimizers[0].param_groups]
     assert [[g["lr"] for g in run] for run in groups][0] == [[g["lr"] for g in run] for run in groups][1]
     assert groups[0][1]["lr"] == pytest.approx(PTuning.ENCODER_LR_SCALE * groups[0][0]["lr"], rel=1e-12)
+
+
+def test_a_scale_given_on_the_command_line_leaves_a_checkpoint_the_safe_reader_takes(tiny_backbone, reviews, tmp_path):
+    # jsonargparse hands the value over as its PositiveFloat type: kept in the optimizer's state, it would make
+    # the checkpoint an unpickling risk that lit_prompts.load refuses.
+    cli = run_cli("fit", "--model=PTuning", "--model.encoder_lr_scale=0.5", "--model.num_virtual_tokens=3",
+                  f"--model.backbone={tiny_backbone('bert')}", data_files_arg(reviews, ("train", "validation")),
+                  "--data.batch_size=8", "--trainer.max_steps=2", root=tmp_path)
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    groups = torch.load(last, map_location="cpu", weights_only=True)["optimizer_states"][0]["param_groups"]
+    assert [type(g["lr"]) for g in groups] == [float, float] and all("lr_scale" not in g for g in groups)
+    assert groups[1]["initial_lr"] == pytest.approx(0.5 * groups[0]["initial_lr"], rel=1e-12)
+    loaded = lit_prompts.load(last)
+    assert torch.equal(loaded.prompt.vectors(), cli.model.prompt.vectors())
