@@ -140,6 +140,13 @@ def test_a_checkpoint_with_one_optimizer_group_resumes_with_encoder_lr_scale_1(t
         make().on_load_checkpoint(checkpoint)
     make(encoder_lr_scale=1.0).on_load_checkpoint(checkpoint)
 
+    # The other way round (two groups saved, one asked for), torch would refuse without naming a group.
+    checkpoint = {"state_dict": old.state_dict(), "optimizer_states": [{"param_groups": [{"lr": 0.03}] * 2, "state": {}}]}
+    old.on_save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"optimizer trained 2 parameter group\(s\) where PTuning with these settings trains 1"):
+        make(encoder_lr_scale=1.0).on_load_checkpoint(checkpoint)
+    make().on_load_checkpoint(checkpoint)
+
 
 def test_a_resumed_run_trains_the_encoder_at_its_rate_as_the_uninterrupted_run(tiny_backbone, reviews, tmp_path):
     args = ["--model=PTuning", f"--model.backbone={tiny_backbone('bert')}", "--model.num_virtual_tokens=3",

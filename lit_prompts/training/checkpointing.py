@@ -112,6 +112,7 @@ class PromptCheckpointing:
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lit_prompts", {})
         self.check_backbone(meta.get("backbone", {}), source="checkpoint")
+        self.check_parameter_groups(checkpoint)
         if "state_dict" in checkpoint:  # (a sharding strategy has loaded it, after check_tensors)
             self.check_tensors(checkpoint)
             # The frozen backbone, left out on purpose, is already loaded from its name: hand its own
@@ -127,6 +128,16 @@ class PromptCheckpointing:
             random.setstate(rng["python"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def check_parameter_groups(self, checkpoint: dict) -> None:
+        """A resumed optimizer needs the parameter groups it saved (``parameter_groups``); torch's own refusal
+        names neither the groups nor a setting."""
+        saved = [len(state.get("param_groups", [])) for state in checkpoint.get("optimizer_states", [])]
+        wanted = len(self.parameter_groups())
+        if saved and saved[0] != wanted:
+            raise ValueError(f"this checkpoint's optimizer trained {saved[0]} parameter group(s) where "
+                             f"{unsharded_class(type(self)).__name__} with these settings trains {wanted}: resume it "
+                             "with the settings it was saved with (its hyper_parameters)")
 
     def record_initial_prompt(self) -> None:
         """Keep the folded prompt's values as fit starts, unless they come from a checkpoint (a resumed run
