@@ -124,7 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validation-file")
     p.add_argument("--steps", type=int, default=300, help="training steps of every run (the budget)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--virtual-tokens", type=int, default=20)
+    p.add_argument("--virtual-tokens", type=int, help="prompt length of every method that has one (default: each "
+                   "method's own; prompt tuning's and P-tuning's depend on the task)")
     p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR[,LR...]",
                    help="learning rates (default: each method's own); several values (a sweep) run each of them")
     p.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
@@ -423,7 +424,7 @@ def lit_run(args, run: Run, data: dict, output: Path) -> dict:
     stats.unlink(missing_ok=True)  # never read a stale result of an earlier benchmark into this one
     model = ["--model=" + run.method, f"--model.backbone={args.backbone}", f"--model.warmup_ratio={args.warmup_ratio}",
              "--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={run.lr}"]
-    if "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, run.method).__init__).parameters:
+    if args.virtual_tokens and "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, run.method).__init__).parameters:
         model.append(f"--model.num_virtual_tokens={args.virtual_tokens}")
     model += [f"--model.{k}={v}" for k, v in TASK_MODEL_ARGS.get(args.task, {}).items()]
     model += [f"--model.{setting}" for method, setting in method_settings(args) if method == run.method]
@@ -636,7 +637,7 @@ def peft_worker(args) -> None:
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     result = {"impl": "peft", "method": spec["method"], "seed": spec["seed"]}
     try:
-        model = build_peft_model(args, spec["method"], task_format, data.label_names).to(device)
+        model = build_peft_model(args, spec["method"], task, task_format, data.label_names).to(device)
         model.get_base_model().eval()  # like lit_prompts' default backbone_dropout=False
         scoring = PeftScoring(model, task, task_format, data.label_names)
         batches = batches_of(data.train_dataloader(), args.steps, device)
@@ -694,7 +695,7 @@ def peft_worker(args) -> None:
         "metrics": values, **counter.result(), **summarize_times(times, tokens, forward)}))
 
 
-def build_peft_model(args, method: str, task_format: str, label_names: list[str]):
+def build_peft_model(args, method: str, task: str, task_format: str, label_names: list[str]):
     import torch
     from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -714,7 +715,7 @@ def build_peft_model(args, method: str, task_format: str, label_names: list[str]
     # float32 weights as lit_prompts loads them by default (transformers would keep a checkpoint's
     # stored dtype); --precision bf16-mixed autocasts both alike.
     base = auto.from_pretrained(resolve_path(args.backbone), dtype=torch.float32, **extra)
-    p = args.virtual_tokens
+    p = args.virtual_tokens or default_length(method, task, task_format)
     if method == "PromptTuning":  # lit_prompts' default init ("vocab") is PEFT's SAMPLE_VOCAB
         config = PromptTuningConfig(task_type=kind, num_virtual_tokens=p, prompt_tuning_init="SAMPLE_VOCAB")
     elif method == "PrefixTuning":
@@ -725,6 +726,15 @@ def build_peft_model(args, method: str, task_format: str, label_names: list[str]
         config = PromptEncoderConfig(task_type=kind, num_virtual_tokens=p, encoder_reparameterization_type="LSTM",
                                      encoder_hidden_size=base.config.hidden_size)
     return get_peft_model(base, config)
+
+
+def default_length(method: str, task: str, task_format: str) -> int:
+    """The prompt length lit_prompts' ``method`` trains at by default on this task (PEFT runs the same)."""
+    import lit_prompts
+    from lit_prompts.training.methods import input_prompt_length
+
+    default = _default(getattr(lit_prompts, method), "num_virtual_tokens")
+    return default or input_prompt_length([{"task": task, "task_format": task_format}])
 
 
 def _default(cls, name: str):
@@ -1012,7 +1022,8 @@ def param_table(args) -> None:
     for name, backbone in (("DistilBERT-base (6 x 768)", str(folder)), ("MiniLM-L6 (6 x 384)", args.backbone)):
         for method in args.methods:
             cls = getattr(lit_prompts, method)
-            extra = {"num_virtual_tokens": args.virtual_tokens} if "num_virtual_tokens" in inspect.signature(cls.__init__).parameters else {}
+            takes_length = args.virtual_tokens and "num_virtual_tokens" in inspect.signature(cls.__init__).parameters
+            extra = {"num_virtual_tokens": args.virtual_tokens} if takes_length else {}
             model = cls(backbone=backbone, label_names=["negative", "positive"], **extra)
             trainable = sum(p.numel() for p in model.trainable_parameters())
             exported = sum(t.numel() for t in model.export_tensors().values())

@@ -147,7 +147,7 @@ def test_bad_method_settings(tiny_backbone, kwargs, message):
 @pytest.mark.parametrize(
     "setting,message",
     [
-        ("--model.num_virtual_tokens=0", r'Parser key "num_virtual_tokens": Not of type PositiveInt: 0 does not conform'),
+        ("--model.num_virtual_tokens=0", r'Parser key "num_virtual_tokens": Not of type PositiveInt: (0 )?does not conform'),
         ("--model.init=zeros", r'Parser key "init": Expected a typing\.Literal\[.*\]\. Got value: zeros'),
         ("--model.pooling=max", r'Parser key "pooling": Expected a typing\.Literal\[.*\]\. Got value: max'),
     ],

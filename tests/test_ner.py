@@ -107,6 +107,20 @@ def test_input_prompt_positions_are_removed_and_labels_stay_aligned(tiny_backbon
     assert [(row != -100).sum().item() for row in batch["labels"]] == [len(t) for t in batch["tokens"]]
 
 
+def test_input_level_prompts_default_to_100_vectors_on_token_ner_and_20_elsewhere(tiny_backbone, tmp_path):
+    bert, tags = tiny_backbone("bert"), ["O", "B-PER", "I-PER"]
+    for method in (PromptTuning, lit_prompts.PTuning):
+        assert method(backbone=bert, task="ner", task_format="token", label_names=tags).prompt_length() == 100
+        assert method(backbone=bert, label_names=["negative", "positive"]).prompt_length() == 20
+        given = method(backbone=bert, task="ner", task_format="token", label_names=tags, num_virtual_tokens=7)
+        assert given.prompt_length() == 7
+    # A saved default resolves to the same length when loaded (the settings hold None, not a number).
+    model = PromptTuning(backbone=bert, task="ner", task_format="token", label_names=tags)
+    model.export_prompt(tmp_path / "prompt")
+    loaded = lit_prompts.load(tmp_path / "prompt")
+    torch.testing.assert_close(loaded.prompt.prompt, model.prompt.prompt)
+
+
 CASES, CASE_IDS = task_cases("token")
 
 

@@ -18,6 +18,8 @@ def _allowed(hint, value) -> str | None:
         return None
     reasons = []
     for option in options:
+        if option is type(None):
+            continue  # (a value that is None fits, above; any other is checked against the rest)
         if typing.get_origin(option) is typing.Literal:
             if value in typing.get_args(option):
                 return None

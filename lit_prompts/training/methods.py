@@ -25,12 +25,26 @@ from .initial_prompts import (
 )
 from .module import PromptMethod
 
+# Input-level prompts (prompt tuning, P-tuning) on token-format NER: the tag of every token is steered
+# through the first layer alone, and on the sparse-entity set 100 vectors reached 2.7-3.0 F1 more than 20
+# (docs/results.md, "Input-level prompts: length by task"), as the P-tuning v2 paper found longer prompts
+# better on hard sequence tasks. On SST-2 50 and 100 gained nothing over 20, at 2-3x the step time.
+INPUT_PROMPT_LENGTH = 20
+INPUT_PROMPT_LENGTH_BY_FORMAT = {("ner", "token"): 100}
+
+
+def input_prompt_length(specs) -> int:
+    """The default length of an input-level prompt for these tasks (``task_specs`` values, or
+    {task, task_format} dicts): the longest any of them asks for."""
+    return max(INPUT_PROMPT_LENGTH_BY_FORMAT.get((s["task"], s["task_format"]), INPUT_PROMPT_LENGTH) for s in specs)
+
 
 class PromptTuning(PromptMethod):
     """Prompt tuning: ``num_virtual_tokens`` trained vectors in front of every input.
 
     Args:
-        num_virtual_tokens: prompt length P.
+        num_virtual_tokens: prompt length P. Default: by task (``input_prompt_length``), 100 for token-format
+            NER and 20 otherwise.
         init: ``random`` (normal, std of the embedding table), ``vocab`` (embeddings of random
             vocabulary tokens), ``text`` (embeddings of ``init_text``, repeated to length P) or
             ``labels`` (embeddings of the label names, repeated to length P), as in Lester et al.
@@ -40,9 +54,11 @@ class PromptTuning(PromptMethod):
 
     default_lr = 3e-2
 
-    def __init__(self, num_virtual_tokens: PositiveInt = 20, init: Literal["random", "vocab", "text", "labels"] = "vocab",
-                 init_text: str | None = None, **kwargs):
+    def __init__(self, num_virtual_tokens: PositiveInt | None = None,
+                 init: Literal["random", "vocab", "text", "labels"] = "vocab", init_text: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        if num_virtual_tokens is None:
+            num_virtual_tokens = input_prompt_length(self.task_specs().values())
         start = initial_prompt(self.backbone, num_virtual_tokens, init, init_text, self.hparams.label_names)
         self.prompt = SoftPrompt(num_virtual_tokens, self.facts.hidden_size, init=start)
 
@@ -51,7 +67,8 @@ class PTuning(PromptMethod):
     """P-tuning: a prompt encoder's vectors, placed at a template's ``[P:n]`` markers (else in front).
 
     Args:
-        num_virtual_tokens: P; must equal the sum of the template's ``[P:n]`` markers.
+        num_virtual_tokens: P; must equal the sum of the template's ``[P:n]`` markers. Default: by task, as
+            ``PromptTuning``'s.
         encoder: ``lstm`` (default), ``mlp``, or ``none`` (plain vectors).
         encoder_hidden_size: the MLP's hidden width (default: the backbone's hidden size).
         residual: the vectors are embedding + encoder(embedding), the encoder's last layer starting at zero, so
@@ -71,10 +88,12 @@ class PTuning(PromptMethod):
     default_lr = 3e-2  # as prompt tuning's: with the residual, P-tuning starts where prompt tuning does
     ENCODER_LR_SCALE = 0.03
 
-    def __init__(self, num_virtual_tokens: PositiveInt = 20, encoder: Encoder = "lstm",
+    def __init__(self, num_virtual_tokens: PositiveInt | None = None, encoder: Encoder = "lstm",
                  encoder_hidden_size: PositiveInt | None = None, residual: bool = True,
                  encoder_lr_scale: PositiveFloat | None = None, **kwargs):
         super().__init__(**kwargs)
+        if num_virtual_tokens is None:
+            num_virtual_tokens = input_prompt_length(self.task_specs().values())
         if not residual:
             self.default_lr = 1e-2  # the sweep's best for the paper's form (3e-3 failed the NER sets)
         if encoder_lr_scale is None:  # the paper's form keeps one rate, as swept for it
