@@ -20,9 +20,10 @@ K, P, S = 4, 2, 3  # pool size, prompt length, shared prompt length
 
 
 def make_pool(tiny_backbone, arch="bert", **kwargs):
+    backbone = tiny_backbone(arch)  # (built on first use from the global RNG: before the seed, so every pool draws alike)
     torch.manual_seed(0)
     kwargs = {"pool_size": K, "prompt_length": P, "shared_length": S, "label_names": ["negative", "positive"], **kwargs}
-    return PromptPool(backbone=tiny_backbone(arch), **kwargs).eval()
+    return PromptPool(backbone=backbone, **kwargs).eval()
 
 
 def two_texts(model):
@@ -166,6 +167,19 @@ def test_a_checkpoint_without_the_shared_prompt_needs_shared_length_0(tiny_backb
     with pytest.raises(ValueError, match=r"no shared prompt .*--model.shared_length=0"):
         make_pool(tiny_backbone).on_load_checkpoint(checkpoint)
     make_pool(tiny_backbone, shared_length=0).on_load_checkpoint(checkpoint)
+
+
+def test_the_pool_gives_as_many_input_positions_as_prompt_tuning_by_task(tiny_backbone):
+    bert, tags = tiny_backbone("bert"), ["O", "B-PER", "I-PER"]
+    ner = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags)
+    assert (ner.prompt.shared.shape[0], ner.prompt.pool.shape[1]) == (50, 25)
+    assert ner.prompt_length() == 100 == lit_prompts.PromptTuning(backbone=bert, task="ner", task_format="token",
+                                                                 label_names=tags).prompt_length()
+    assert PromptPool(backbone=bert, label_names=["negative", "positive"]).prompt_length() == 20  # 10 + 2 x 5
+    deep = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags, placement="layers")
+    assert deep.prompt.pool.shape[2] == 5 and deep.prompt.shared.shape[1] == 10  # per layer: the usual lengths
+    given = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags, prompt_length=3, shared_length=0)
+    assert given.prompt.shared is None and given.prompt_length() == 6
 
 
 def test_a_negative_frequency_penalty_is_refused(tiny_backbone):
