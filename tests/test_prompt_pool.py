@@ -20,10 +20,9 @@ K, P, S = 4, 2, 3  # pool size, prompt length, shared prompt length
 
 
 def make_pool(tiny_backbone, arch="bert", **kwargs):
-    backbone = tiny_backbone(arch)  # (built on first use from the global RNG: before the seed, so every pool draws alike)
     torch.manual_seed(0)
     kwargs = {"pool_size": K, "prompt_length": P, "shared_length": S, "label_names": ["negative", "positive"], **kwargs}
-    return PromptPool(backbone=backbone, **kwargs).eval()
+    return PromptPool(backbone=tiny_backbone(arch), **kwargs).eval()
 
 
 def two_texts(model):
