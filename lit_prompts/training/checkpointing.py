@@ -136,8 +136,13 @@ class PromptCheckpointing:
         wanted = len(self.parameter_groups())
         if saved and saved[0] != wanted:
             raise ValueError(f"this checkpoint's optimizer trained {saved[0]} parameter group(s) where "
-                             f"{unsharded_class(type(self)).__name__} with these settings trains {wanted}: resume it "
-                             "with the settings it was saved with (its hyper_parameters)")
+                             f"{unsharded_class(type(self)).__name__} with these settings trains {wanted}: "
+                             + self.parameter_groups_advice(saved[0], wanted))
+
+    def parameter_groups_advice(self, saved: int, wanted: int) -> str:
+        """What to do about a checkpoint saved with ``saved`` optimizer groups where the settings give ``wanted``
+        (a method whose groups follow a setting names it)."""
+        return "resume it with the settings it was saved with (its hyper_parameters)"
 
     def record_initial_prompt(self) -> None:
         """Keep the folded prompt's values as fit starts, unless they come from a checkpoint (a resumed run

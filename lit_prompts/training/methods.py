@@ -112,12 +112,11 @@ class PTuning(PromptMethod):
         rest = [p for p in self.trainable_parameters() if id(p) not in in_encoder]
         return [{"params": rest}, {"params": weights, "lr_scale": self.encoder_lr_scale}]
 
-    def check_parameter_groups(self, checkpoint: dict) -> None:
-        saved = [len(state.get("param_groups", [])) for state in checkpoint.get("optimizer_states", [])]
-        if saved == [1] and len(self.parameter_groups()) == 2:
-            raise ValueError("this P-tuning checkpoint trained the encoder at the prompt's learning rate (saved before "
-                             "encoder_lr_scale, or with it at 1): resume it with --model.encoder_lr_scale=1")
-        super().check_parameter_groups(checkpoint)
+    def parameter_groups_advice(self, saved: int, wanted: int) -> str:
+        if saved == 1:
+            return ("it trained the encoder at the prompt's learning rate (saved before encoder_lr_scale, or with it "
+                    "at 1): resume it with --model.encoder_lr_scale=1")
+        return super().parameter_groups_advice(saved, wanted)
 
     def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.hparams.residual and any(k.startswith("prompt.encoder.") for k in state):
