@@ -57,6 +57,15 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"checkpoint {path} cannot be read (empty, truncated or not written by torch.save): {reason}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (it has no state_dict)")
+    # The parts a resume or a load reads by key: another shape there would fail deep inside as a bare error.
+    for field in ("lit_prompts", "hyper_parameters"):
+        if not isinstance(checkpoint.get(field, {}), dict):
+            raise ValueError(f"checkpoint {path}: field {field!r} must be a dict, not {type(checkpoint[field]).__name__}")
+    optimizers = checkpoint.get("optimizer_states", [])
+    if not isinstance(optimizers, list) or not all(
+            isinstance(state, dict) and isinstance(state.get("param_groups", []), list) for state in optimizers):
+        raise ValueError(f"checkpoint {path}: field 'optimizer_states' must be a list of optimizer states "
+                         "(dicts with a list of param_groups)")
     return checkpoint
 
 

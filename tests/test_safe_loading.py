@@ -203,3 +203,19 @@ def test_prompt_settings_that_build_no_module_are_refused_naming_the_folder(sett
         "tensors": {"prompt.prompt": [2, 4]}, "tensors_sha256": tensors_sha256(tensors)}))
     with pytest.raises(ValueError, match=f"prompt folder {tmp_path}: prompt settings .* do not build SoftPrompt"):
         lit_prompts.load_prompt(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lit_prompts", [1], "field 'lit_prompts' must be a dict, not list"),
+    ("hyper_parameters", "lr", "field 'hyper_parameters' must be a dict, not str"),
+    ("optimizer_states", {"param_groups": []}, "field 'optimizer_states' must be a list of optimizer states"),
+    ("optimizer_states", [{"param_groups": 3}], "field 'optimizer_states' must be a list of optimizer states"),
+])
+def test_checkpoint_with_a_malformed_part_is_refused_naming_the_field(field, value, message, tmp_path):
+    from lit_prompts.safe_reading import read_checkpoint
+
+    torch.save({"state_dict": {}, field: value}, tmp_path / "odd.ckpt")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'odd.ckpt'}: {message}"):
+        read_checkpoint(tmp_path / "odd.ckpt")
+    torch.save({"state_dict": {}, "optimizer_states": [{"param_groups": [{}], "state": {}}]}, tmp_path / "fine.ckpt")
+    assert read_checkpoint(tmp_path / "fine.ckpt")["optimizer_states"][0]["param_groups"] == [{}]
