@@ -39,6 +39,11 @@ bytes, the prompts' bytes, and, in a fresh process, the memory a serving worker 
 (python + torch + transformers + LitServe), after the backbone and one prompt, after the 8 prompts and
 after answering mixed batches.
 
+``--rounds N`` then measures (a) against (b) in pairs: both servers up together, ``--requests`` requests
+to (a), then to (b), N times, and the target read on the median of the N per-round ratios. On a small
+shared machine two configurations measured minutes apart can differ by 10% from load alone; within a
+round the two phases are seconds apart.
+
 Clients and servers share this machine's cores: on a small CPU machine the client threads take CPU
 from the servers, and every server's torch uses one intra-op thread per core unless ``--server-threads``
 says otherwise (8 servers of 2 threads each on 2 cores oversubscribe them). Every server started is stopped (its whole process group) on exit, error or ctrl-C.
@@ -629,6 +634,39 @@ def run_configuration(label: str, servers_spec: list[tuple[str, dict]], route: d
     return summary
 
 
+def paired_rounds(plans: dict, folder: Path, args, started: list[Server], sessions: list[int]) -> dict:
+    """(a)'s and (b)'s servers up together, then ``--rounds`` measured phases of each in turn (a, b, a,
+    b...): a slow spell of the machine falls on both sides of a round, not on one configuration, so the
+    per-round ratio (b)/(a) moves less than the ratio of two runs minutes apart. The idle server of a
+    phase only waits on its queue."""
+    specs = [spec for key in ("a", "b") for spec in plans[key][1]]
+    print(f"\n== paired rounds: (a) and (b) up together, {args.rounds} rounds of a then b", flush=True)
+    servers = start_servers(specs, folder, args, started, sessions)
+    try:
+        rounds = {"a": [], "b": []}
+        ports = {key: {prompt: {s.name: s.port for s in servers}[server] for prompt, server in plans[key][2].items()}
+                 for key in ("a", "b")}
+        for key in ("a", "b"):
+            closed_loop(request_bodies(plans[key][3], max(args.warmup, 2 * len(plans[key][3])), args.seed + 1000),
+                        ports[key], args.clients, args.time_limit)
+        for r in range(args.rounds):
+            for key in ("a", "b"):
+                phase = closed_loop(request_bodies(plans[key][3], args.requests, args.seed + 10 * r), ports[key],
+                                    args.clients, args.time_limit)
+                summary = summarize(phase)
+                if summary["errors"]:
+                    raise RuntimeError(f"round {r + 1} ({key}): {summary['errors']} errors, e.g. {summary['error_samples']}")
+                rounds[key].append(summary["throughput_rps"])
+            print(f"   round {r + 1}: (a) {rounds['a'][-1]:.1f} req/s, (b) {rounds['b'][-1]:.1f} req/s, "
+                  f"(b)/(a) {rounds['b'][-1] / rounds['a'][-1]:.3f}", flush=True)
+    finally:
+        stop_servers(servers)
+        for server in servers:
+            started.remove(server)
+    ratios = [b / a for a, b in zip(rounds["a"], rounds["b"])]
+    return {**rounds, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+
+
 def prompts_alone(names: list[str], ports: dict[str, int], args) -> dict:
     """Each prompt's throughput when the same server gets traffic for that prompt only, and what the
     mixed stream would reach if each request cost what it costs alone: requests cycle evenly over the
@@ -656,6 +694,7 @@ def report(results: dict, prompts: dict, load: dict, args) -> dict:
     prompt_bytes = sum(prompts["bytes"].values())
     budget = (backbone + prompt_bytes) * 1.15
     names = {"a": "(a) 1 server, 1 prompt", "b": "(b) 1 server, 8 prompts mixed", "c": "(c) 8 servers, 1 prompt each"}
+    rounds = results.pop("rounds", None)
     per_gb = {k: (r["throughput_rps"] / (r["rss"] / 1e9), r["throughput_rps"] / (r["pss"] / 1e9)) for k, r in results.items()}
     print("\n| configuration | req/s | p50 ms | p99 ms | mean batch | calls / batch | processes | RSS MB | PSS MB "
           "| req/s per GB (RSS) | req/s per GB (PSS) |")
@@ -686,11 +725,18 @@ def report(results: dict, prompts: dict, load: dict, args) -> dict:
         print(f"(b) - (a): RSS {mb(b['rss'] - a['rss']):+.0f} MB, PSS {mb(b['pss'] - a['pss']):+.0f} MB "
               f"for 7 more prompts")
     targets = {}
+    if rounds:
+        results["rounds"] = rounds
     if "a" in results and "b" in results:
         a, b = results["a"], results["b"]
         targets["(b) throughput >= 0.9 x (a)"] = (
             b["throughput_rps"] >= 0.9 * a["throughput_rps"],
             f"{b['throughput_rps']:.1f} vs 0.9 x {a['throughput_rps']:.1f} = {0.9 * a['throughput_rps']:.1f} req/s")
+    if "rounds" in results:
+        ratios = results["rounds"]["ratios"]
+        targets[f"(b) throughput >= 0.9 x (a), median of {len(ratios)} paired rounds"] = (
+            statistics.median(ratios) >= 0.9,
+            f"(b)/(a) per round {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
     if "b" in results and "alone" in results["b"]:
         b, alone = results["b"], results["b"]["alone"]["mix_of_alone_rps"]
         targets["(b) throughput >= 0.9 x the same requests with one prompt at a time (same server)"] = (
@@ -749,13 +795,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-threads", type=int, help="OMP_NUM_THREADS for the servers (default: torch's, one per core)")
     p.add_argument("--configs", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"],
                    help="which configurations to run (targets are judged on those that ran)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="then this many paired rounds: (a)'s and (b)'s servers up together, measured in turn "
+                        "(a, b, a, b...), judged on the median (b)/(a) of the rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, help="write every figure as JSON here")
     p.add_argument("--verbose", action="store_true", help="per-process memory and batch-size histograms")
     p.add_argument("--load-probe", type=Path, help=argparse.SUPPRESS)  # internal: see load_probe
     args = p.parse_args(argv)
-    if args.clients < 1 or args.requests < 1 or args.time_limit <= 0 or args.max_batch_size < 1:
-        p.error("--clients, --requests, --max-batch-size must be >= 1 and --time-limit > 0")
+    if args.clients < 1 or args.requests < 1 or args.time_limit <= 0 or args.max_batch_size < 1 or args.rounds < 0:
+        p.error("--clients, --requests, --max-batch-size must be >= 1, --rounds >= 0 and --time-limit > 0")
     return args
 
 
@@ -793,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
                 label, spec, route, served = plans[key]
                 results[key] = run_configuration(label, spec, route, served, folder / f"config_{key}", args, started,
                                                  sessions)
+            if args.rounds:
+                results["rounds"] = paired_rounds(plans, folder / "rounds", args, started, sessions)
             summary = report(results, prompts, load, args)
             if args.output:
                 args.output.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
