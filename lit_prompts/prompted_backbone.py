@@ -182,6 +182,13 @@ class PromptedBackbone(nn.Module):
         if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
             self._injector().set(layers)
 
+    def release_batch_layers(self) -> None:
+        """After a joined pass: its layer prefixes are the batch's rows (per row, packed), not a prompt's
+        own tensors. Without gradient nothing recomputes the pass, so they go now rather than staying
+        resident until the next call (on a serving GPU: one batch's keys and values of every layer)."""
+        if not torch.is_grad_enabled():
+            self.install_layers(None)
+
     def check_prefix_positions(self) -> None:
         """``prefix_positions: first`` has a meaning here: real tokens carry absolute or rotary positions
         the model takes as ``position_ids`` (decoders, BERT- and RoBERTa-style encoders)."""
@@ -331,6 +338,7 @@ class PromptedBackbone(nn.Module):
         prompts = [prompt for _, prompt, _ in parts]
         self.install_layers(join_layer_prompts(prompts, [inputs["input_ids"].shape[0] for inputs, _, _ in parts], self))
         hidden = self.model(**kwargs).last_hidden_state
+        self.release_batch_layers()
         out, row = [], 0
         for inputs, prompt, _ in parts:  # each part's text positions
             size, length = inputs["input_ids"].shape
@@ -354,6 +362,7 @@ class PromptedBackbone(nn.Module):
         if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
             self._injector().set(layers)
         hidden = self.model(**kwargs).last_hidden_state
+        self.release_batch_layers()
         out = [hidden.new_zeros(*inputs["input_ids"].shape, hidden.shape[-1]) for inputs, _, _ in parts]
         for s in segments:
             inputs, prompt, _ = parts[s.part]

@@ -332,7 +332,10 @@ def test_prompts_of_any_lengths_and_placements_share_one_call(arch, tiny_backbon
         batch = dict(tokenizer(rows, padding=True, return_tensors="pt"))
         parts.append((batch, *method.prompted(method.default_task).prompt_for(batch)))
     with torch.no_grad():
-        for together in (backbone.hidden_states_together(parts), backbone.hidden_states_packed(parts)):
+        for join in (backbone.hidden_states_together, backbone.hidden_states_packed):
+            together = join(parts)
+            # the batch's prefixes do not stay in the layers after a pass without gradient
+            assert [module.lit_prompts_prefix for _, module in backbone.injector.layers] == [None] * len(backbone.injector)
             for method, (batch, _, _), joined in zip(methods, parts, together):
                 alone = method.backbone.hidden_states(batch, *method.prompted(method.default_task).prompt_for(batch))
                 real = batch["attention_mask"].bool()
