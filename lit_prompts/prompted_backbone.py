@@ -179,6 +179,10 @@ class PromptedBackbone(nn.Module):
         layers = None if prompt is None else prompt.layer_kv
         if prompt is not None and prompt.layer_hidden is not None:
             layers = list(prompt.layer_hidden.unbind(-3))
+        self.install_prefixes(layers)
+
+    def install_prefixes(self, layers: list | None) -> None:
+        """One prefix per attention layer in place, or none (attention is rewired only once some arrive)."""
         if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
             self._injector().set(layers)
 
@@ -187,7 +191,7 @@ class PromptedBackbone(nn.Module):
         own tensors. Without gradient nothing recomputes the pass, so they go now rather than staying
         resident until the next call (on a serving GPU: one batch's keys and values of every layer)."""
         if not torch.is_grad_enabled():
-            self.install_layers(None)
+            self.install_prefixes(None)
 
     def check_prefix_positions(self) -> None:
         """``prefix_positions: first`` has a meaning here: real tokens carry absolute or rotary positions
@@ -358,9 +362,7 @@ class PromptedBackbone(nn.Module):
         segments, pieces, sources = self.packed_segments(parts)
         rows, width = place(segments, ATTENTION_COST / self.facts.hidden_size)
         kwargs = self.packed_inputs(segments, pieces, rows, width)
-        layers = packed_prefixes(segments, rows, width, sources)
-        if layers is not None or getattr(self.model, "lit_prompts_rewired", False):
-            self._injector().set(layers)
+        self.install_prefixes(packed_prefixes(segments, rows, width, sources))
         hidden = self.model(**kwargs).last_hidden_state
         self.release_batch_layers()
         out = [hidden.new_zeros(*inputs["input_ids"].shape, hidden.shape[-1]) for inputs, _, _ in parts]
