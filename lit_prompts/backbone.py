@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import platform
@@ -129,6 +130,51 @@ def load_config(name: str) -> PretrainedConfig:
         raise FileNotFoundError(
             f"backbone {name!r} is neither a local folder nor found on the Hugging Face Hub{offline}: {reason}"
         ) from None
+
+
+# sentence-transformers' Pooling module: the flag its config sets -> the head's pooling that computes the same.
+SENTENCE_TRANSFORMERS_POOLING = {"pooling_mode_cls_token": "first", "pooling_mode_mean_tokens": "mean",
+                                 "pooling_mode_lasttoken": "last"}
+
+
+def backbone_file(name: str, filename: str) -> Path | None:
+    """``filename`` of the backbone's folder or Hub repo (through ``huggingface_hub``'s cache; offline, the cache
+    alone), or None when it has no such file."""
+    path = Path(resolve_path(name)).expanduser()
+    if path.is_dir() or looks_like_path(name):
+        return path / filename if (path / filename).is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(name, filename))
+    except (EntryNotFoundError, OSError, ValueError):  # no such file, repo, cache entry or connection
+        return None
+
+
+def declared_pooling(name: str) -> str | None:
+    """How a sentence-transformers backbone turns token states into the sentence vector it was trained to give
+    (``first``, ``mean`` or ``last``), from its Pooling module's config (``modules.json`` names the module's
+    folder). None when it declares none, or pools in a way a head does not (max, weighted mean, several
+    concatenated); a file that cannot be read is named in a warning."""
+    modules = backbone_file(name, "modules.json")
+    if modules is None:
+        return None
+    try:
+        entries = json.loads(modules.read_text())
+        folder = next((e.get("path") for e in entries if str(e.get("type", "")).endswith(".Pooling")), None)
+        if folder is None:
+            return None
+        config = backbone_file(name, f"{folder}/config.json")
+        if config is None:
+            raise FileNotFoundError(f"its Pooling module's {folder}/config.json is missing")
+        flags = json.loads(config.read_text())
+        chosen = {k for k, on in flags.items() if k.startswith("pooling_mode_") and on is True}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as error:
+        rank_zero_warn(f"backbone {name!r}: its sentence-transformers pooling is not readable from {modules} and its "
+                       f"Pooling config ({type(error).__name__}: {error}); pooling by architecture instead")
+        return None
+    return SENTENCE_TRANSFORMERS_POOLING.get(chosen.pop()) if len(chosen) == 1 else None
 
 
 _SHARED: ContextVar[dict | None] = ContextVar("lit_prompts_shared_backbones", default=None)

@@ -136,7 +136,7 @@ def test_checkpoint_missing_a_trainable_tensor_is_refused(tiny_backbone, reviews
         # Built in Python (no parser in between), typed choices and counts are still refused by name.
         ({"num_virtual_tokens": 0}, "num_virtual_tokens=0 must be a positive integer"),
         ({"init": "zeros"}, "init='zeros' is not one of 'random', 'vocab', 'text', 'labels'"),
-        ({"pooling": "max"}, "pooling='max' is not one of 'auto', 'first', 'last', 'mean'"),
+        ({"pooling": "max"}, "pooling='max' is not one of 'backbone', 'auto', 'first', 'last', 'mean'"),
     ],
 )
 def test_bad_method_settings(tiny_backbone, kwargs, message):

@@ -15,7 +15,7 @@ from ..pooling import pool_hidden
 from .metrics import synced_states
 from .protocol import PromptedModel
 
-Pooling = Literal["auto", "first", "last", "mean"]
+Pooling = Literal["backbone", "auto", "first", "last", "mean"]
 
 
 def classifier(hidden_size: int, outputs: int, dropout: float) -> nn.Sequential:
@@ -74,7 +74,7 @@ class ClassificationFormat(nn.Module):
 
 class HeadClassification(ClassificationFormat):
     """A linear head over the hidden states pooled over the text's real tokens (``pooling``: first,
-    last or mean; ``auto`` is resolved by the caller from the architecture)."""
+    last or mean; ``backbone`` and ``auto`` are resolved by the caller)."""
 
     format, reads = "head", "hidden"
 

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from transformers import get_scheduler
 
+from ..backbone import declared_pooling
 from ..formats import BACKBONE_FORMS, Task, TaskFormat
 from ..methods.base import NoPrompt
 from ..prompted import Prompted, share_hidden_states
@@ -66,8 +67,11 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
             a trained one: an exported folder, a PEFT adapter folder, a checkpoint or a Hub repo id
             (``org/name@revision``). The prompt must be plain (``reparameterize: false``, P-tuning
             ``encoder: none``) and of the same shape.
-        pooling: head format: ``auto`` (first real token for encoders, last for decoders, mean
-            for T5), ``first``, ``last`` or ``mean`` over the text's real tokens.
+        pooling: head format: ``first``, ``last`` or ``mean`` over the text's real tokens; ``backbone`` (default):
+            the pooling a sentence-transformers backbone was trained with (its Pooling module's config: CLS,
+            mean or last token), else ``auto``: the last real token for decoders, the first for encoders (T5's
+            encoder too: a head loads it alone). On all-MiniLM-L6-v2, trained to give mean-pooled sentence vectors, mean pooling lifted every
+            method on SST-2 (docs/results.md, "The head's pooling"). Saved settings hold the pooling chosen.
         head_dropout: dropout before the classifier head.
         backbone_dropout: keep the frozen backbone's own dropout active while training (as PEFT
             does). Off by default: the frozen backbone is then a deterministic feature extractor,
@@ -113,7 +117,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         attn_implementation: str | None = None,
         prefix_positions: Literal["none", "first"] = "none",
         init_from: str | None = None,
-        pooling: Pooling = "auto",
+        pooling: Pooling = "backbone",
         head_dropout: float = 0.1,
         backbone_dropout: bool = False,
         gradient_checkpointing: bool = False,
@@ -149,8 +153,8 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
             self.backbone.check_prefix_positions()
         self.optimizer_factory = optimizer
         facts = self.backbone.facts
-        if pooling == "auto":
-            pooling = "mean" if facts.is_encoder_decoder else "last" if facts.is_decoder_only else "first"
+        # Saved settings hold the pooling chosen, not the rule: a later load reads no other backbone's files.
+        self.hparams.pooling = pooling = self.head_pooling(pooling, specs.values())
         settings = {k: self.hparams[k] for k in (*self.inference_settings, "head_dropout")}
         self.formats = nn.ModuleDict({
             name: build_format(s["task"], s["task_format"], s.get("label_names"), facts.hidden_size, self.where(name),
@@ -163,6 +167,17 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         self.started_from: str | None = None  # where init_from's values came from, once loaded
         # Lightning trains every module in the mode it finds it in: set the training modes now.
         self.train()
+
+    def head_pooling(self, pooling: Pooling, specs) -> str:
+        """``first``, ``last`` or ``mean``: ``pooling`` itself, or what ``backbone`` and ``auto`` choose here."""
+        if pooling == "backbone":
+            heads = any(s["task_format"] == "head" for s in specs)  # (other formats pool nothing: read no files)
+            declared = declared_pooling(self.hparams.backbone) if heads else None
+            pooling = declared or "auto"
+        if pooling == "auto":
+            facts = self.backbone.facts
+            pooling = "mean" if facts.is_encoder_decoder else "last" if facts.is_decoder_only else "first"
+        return pooling
 
     # --- tasks ------------------------------------------------------------------------------------
     def task_specs(self) -> dict[str, dict]:
