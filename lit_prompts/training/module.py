@@ -70,8 +70,9 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         pooling: head format: ``first``, ``last`` or ``mean`` over the text's real tokens; ``backbone`` (default):
             the pooling a sentence-transformers backbone was trained with (its Pooling module's config: CLS,
             mean or last token), else ``auto``: the last real token for decoders, the first for encoders (T5's
-            encoder too: a head loads it alone). On all-MiniLM-L6-v2, trained to give mean-pooled sentence vectors, mean pooling lifted every
-            method on SST-2 (docs/results.md, "The head's pooling"). Saved settings hold the pooling chosen.
+            encoder too: a head loads it alone). On all-MiniLM-L6-v2, trained to give mean-pooled sentence
+            vectors, mean pooling lifted every method on SST-2 (docs/results.md, "The head's pooling"). Saved
+            settings hold the pooling chosen.
         head_dropout: dropout before the classifier head.
         backbone_dropout: keep the frozen backbone's own dropout active while training (as PEFT
             does). Off by default: the frozen backbone is then a deterministic feature extractor,
