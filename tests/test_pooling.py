@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import data_files_arg, run_cli
 from huggingface_hub import constants
 
 import lit_prompts
@@ -127,3 +129,21 @@ def test_init_from_heads_trained_on_another_pooling_warns(sentence_bert, tmp_pat
         method.apply_init_from()
     torch.testing.assert_close(method.formats["classification"].head.state_dict(),
                                old.formats["classification"].head.state_dict())
+
+
+# ---- integration: a real fit -------------------------------------------------------------------
+
+
+def test_fit_on_a_sentence_transformers_folder_records_the_choices_everywhere(sentence_bert, reviews, tmp_path):
+    """Through the command line: the head pools by mean, and the checkpoint, the export and the logger's
+    ``hparams.yaml`` all hold what the rules chose (``mean``; P-tuning's encoder ``mlp``), not the rules."""
+    cli = run_cli("fit", "--model=PTuning", f"--model.backbone={sentence_bert}", "--model.label_names=[negative,positive]",
+                  "--model.num_virtual_tokens=2", "--data.batch_size=8", "--data.max_length=48",
+                  data_files_arg(reviews, ("train", "validation")), "--trainer.max_epochs=1", root=tmp_path)
+    assert cli.model.formats["classification"].pooling == "mean"
+    run = tmp_path / "lightning_logs" / "version_0"
+    checkpoint = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    export = json.loads((run / "prompt" / "prompt.json").read_text())["init_args"]
+    logged = yaml.safe_load((run / "hparams.yaml").read_text())
+    for saved in (checkpoint["hyper_parameters"], export, logged):
+        assert (saved["pooling"], saved["encoder"]) == ("mean", "mlp")

@@ -100,7 +100,7 @@ class PTuning(PromptMethod):
         if not residual:
             self.default_lr = 1e-2  # the sweep's best for the paper's form (3e-3 failed the NER sets)
         if encoder is None:  # (saved settings hold the encoder chosen)
-            self.hparams.encoder = encoder = "mlp" if residual else "lstm"
+            encoder = self.record_choice("encoder", "mlp" if residual else "lstm")
         if encoder_lr_scale is None:  # the paper's form keeps one rate, as swept for it
             encoder_lr_scale = self.ENCODER_LR_SCALE if residual else 1.0
         self.encoder_lr_scale = float(encoder_lr_scale)  # (a plain float: it reaches the optimizer's state)

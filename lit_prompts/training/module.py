@@ -155,7 +155,7 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         self.optimizer_factory = optimizer
         facts = self.backbone.facts
         # Saved settings hold the pooling chosen, not the rule: a later load reads no other backbone's files.
-        self.hparams.pooling = pooling = self.head_pooling(pooling, specs.values())
+        pooling = self.record_choice("pooling", self.head_pooling(pooling, specs.values()))
         settings = {k: self.hparams[k] for k in (*self.inference_settings, "head_dropout")}
         self.formats = nn.ModuleDict({
             name: build_format(s["task"], s["task_format"], s.get("label_names"), facts.hidden_size, self.where(name),
@@ -168,6 +168,14 @@ class PromptMethod(PromptCheckpointing, DivergenceGuard, EvaluationHooks, Lightn
         self.started_from: str | None = None  # where init_from's values came from, once loaded
         # Lightning trains every module in the mode it finds it in: set the training modes now.
         self.train()
+
+    def record_choice(self, setting: str, value):
+        """Write what a rule chose for ``setting`` (``pooling: backbone``, P-tuning's ``encoder: null``) into the
+        hyperparameters, the initial ones included, so checkpoints, exports and the loggers' ``hparams.yaml``
+        all show the choice; returns ``value``."""
+        self.hparams[setting] = value
+        self.save_hyperparameters(self.hparams)  # (Lightning's public way to renew ``hparams_initial``)
+        return value
 
     def head_pooling(self, pooling: Pooling, specs) -> str:
         """``first``, ``last`` or ``mean``: ``pooling`` itself, or what ``backbone`` and ``auto`` choose here."""
