@@ -46,7 +46,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.1, 0.03, 0.01])
-    p.add_argument("--encoders", nargs="+", choices=["lstm", "mlp"], default=["lstm"])
+    p.add_argument("--encoders", nargs="+", choices=["lstm", "mlp"], default=["mlp"],
+                   help="P-tuning encoders to measure (default: mlp, the method's default encoder)")
     args = p.parse_args()
     common = {"backbone": args.backbone, "label_names": ["negative", "positive"]}
     rows = [("PromptTuning", PromptTuning, {})] + [
