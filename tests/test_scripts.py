@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +98,15 @@ def test_method_comparison_benchmark_smoke(tiny_backbone, tmp_path):
     report = (output / "results.md").read_text()
     assert report.startswith("`python scripts/benchmark.py") and "| PTuningV2 | lit_prompts |" in report
     assert (output / "metric_vs_params.png").stat().st_size > 0 and (output / "step_time.png").stat().st_size > 0
+
+    # The defaults report reads this output: at --virtual-tokens 2 only on request, and without PEFT's run.
+    gathered = [sys.executable, str(REPO / "scripts" / "defaults_report.py"), str(output)]
+    refused = subprocess.run(gathered, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "left out, not at the defaults (--virtual-tokens 2)" in refused.stderr
+    table = subprocess.run([*gathered, "--include-settings"], check=True, capture_output=True, text=True, timeout=120).stdout
+    points = {m: 100 * r["metric_mean"] for (impl, m), r in summary.items() if impl == "lit_prompts"}
+    assert table.splitlines()[0] == f"| method | sst2 ({Path(result['config']['backbone']).name}), --virtual-tokens 2 |"
+    assert f"| PromptTuning | {'**' * (points['PromptTuning'] >= points['PTuningV2'])}{points['PromptTuning']:.2f}" in table
 
 
 def test_method_comparison_benchmark_text_to_text_on_a_decoder(tiny_backbone, tmp_path):
