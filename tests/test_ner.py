@@ -16,6 +16,7 @@ import lit_prompts
 from lit_prompts import PromptDataModule, PromptTuning
 from lit_prompts.ner_spans import entity_spans, linearize, parse_linearized
 from lit_prompts.tasks.metrics import EntityF1
+from lit_prompts.training import methods
 
 TYPES = ["PER", "LOC", "ORG"]
 
@@ -107,18 +108,26 @@ def test_input_prompt_positions_are_removed_and_labels_stay_aligned(tiny_backbon
     assert [(row != -100).sum().item() for row in batch["labels"]] == [len(t) for t in batch["tokens"]]
 
 
-def test_input_level_prompts_default_to_100_vectors_on_token_ner_and_20_elsewhere(tiny_backbone, tmp_path):
+def test_input_level_prompts_default_to_100_vectors_on_token_ner_and_20_elsewhere(tiny_backbone, tmp_path, monkeypatch):
     bert, tags = tiny_backbone("bert"), ["O", "B-PER", "I-PER"]
     for method in (PromptTuning, lit_prompts.PTuning):
-        assert method(backbone=bert, task="ner", task_format="token", label_names=tags).prompt_length() == 100
+        chosen = method(backbone=bert, task="ner", task_format="token", label_names=tags)
+        assert chosen.prompt_length() == 100 == chosen.hparams.num_virtual_tokens
         assert method(backbone=bert, label_names=["negative", "positive"]).prompt_length() == 20
         given = method(backbone=bert, task="ner", task_format="token", label_names=tags, num_virtual_tokens=7)
         assert given.prompt_length() == 7
-    # A saved default resolves to the same length when loaded (the settings hold None, not a number).
+    # Saved settings hold the length the rule chose, so a checkpoint (whose method is rebuilt from its
+    # settings) loads even after the rule changes; one whose settings held None would not.
     model = PromptTuning(backbone=bert, task="ner", task_format="token", label_names=tags)
-    model.export_prompt(tmp_path / "prompt")
-    loaded = lit_prompts.load(tmp_path / "prompt")
-    torch.testing.assert_close(loaded.prompt.prompt, model.prompt.prompt)
+    assert model.hparams.num_virtual_tokens == 100
+    meta = {"class_path": model.class_path(), "format_version": 2, "backbone": model.fingerprint}
+    checkpoint = {"state_dict": model.trainable_state_dict(), "hyper_parameters": dict(model.hparams), "lit_prompts": meta}
+    torch.save(checkpoint, tmp_path / "chosen.ckpt")
+    torch.save({**checkpoint, "hyper_parameters": {**model.hparams, "num_virtual_tokens": None}}, tmp_path / "rule.ckpt")
+    monkeypatch.setitem(methods.INPUT_PROMPT_LENGTH_BY_FORMAT, ("ner", "token"), 30)  # a later rule
+    torch.testing.assert_close(lit_prompts.load(tmp_path / "chosen.ckpt").prompt.prompt, model.prompt.prompt)
+    with pytest.raises(ValueError, match=r"'prompt.prompt' has shape \(100, 32\), the method built from its settings needs \(30, 32\)"):
+        lit_prompts.load(tmp_path / "rule.ckpt")
 
 
 CASES, CASE_IDS = task_cases("token")

@@ -172,6 +172,7 @@ def test_the_pool_gives_as_many_input_positions_as_prompt_tuning_by_task(tiny_ba
     bert, tags = tiny_backbone("bert"), ["O", "B-PER", "I-PER"]
     ner = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags)
     assert (ner.prompt.shared.shape[0], ner.prompt.pool.shape[1]) == (50, 25)
+    assert (ner.hparams.shared_length, ner.hparams.prompt_length) == (50, 25)  # saved settings hold the lengths chosen
     assert ner.prompt_length() == 100 == lit_prompts.PromptTuning(backbone=bert, task="ner", task_format="token",
                                                                  label_names=tags).prompt_length()
     assert PromptPool(backbone=bert, label_names=["negative", "positive"]).prompt_length() == 20  # 10 + 2 x 5

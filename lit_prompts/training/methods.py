@@ -57,8 +57,8 @@ class PromptTuning(PromptMethod):
     def __init__(self, num_virtual_tokens: PositiveInt | None = None,
                  init: Literal["random", "vocab", "text", "labels"] = "vocab", init_text: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        if num_virtual_tokens is None:
-            num_virtual_tokens = input_prompt_length(self.task_specs().values())
+        if num_virtual_tokens is None:  # (saved settings hold the length chosen, as the task's rule gave it)
+            num_virtual_tokens = self.record_choice("num_virtual_tokens", input_prompt_length(self.task_specs().values()))
         start = initial_prompt(self.backbone, num_virtual_tokens, init, init_text, self.hparams.label_names)
         self.prompt = SoftPrompt(num_virtual_tokens, self.facts.hidden_size, init=start)
 
@@ -95,8 +95,8 @@ class PTuning(PromptMethod):
                  encoder_hidden_size: PositiveInt | None = None, residual: bool = True,
                  encoder_lr_scale: PositiveFloat | None = None, **kwargs):
         super().__init__(**kwargs)
-        if num_virtual_tokens is None:
-            num_virtual_tokens = input_prompt_length(self.task_specs().values())
+        if num_virtual_tokens is None:  # (saved settings hold the length chosen, as the task's rule gave it)
+            num_virtual_tokens = self.record_choice("num_virtual_tokens", input_prompt_length(self.task_specs().values()))
         if not residual:
             self.default_lr = 1e-2  # the sweep's best for the paper's form (3e-3 failed the NER sets)
         if encoder is None:  # (saved settings hold the encoder chosen)
@@ -267,8 +267,10 @@ class PromptPool(PromptMethod):
         super().__init__(**kwargs)
         # At the input, as many positions per example as prompt tuning's default for the task (20, or 100).
         scale = input_prompt_length(self.task_specs().values()) // INPUT_PROMPT_LENGTH if placement == "input" else 1
-        prompt_length = 5 * scale if prompt_length is None else prompt_length
-        shared_length = 10 * scale if shared_length is None else shared_length
+        if prompt_length is None:  # (saved settings hold the lengths chosen)
+            prompt_length = self.record_choice("prompt_length", 5 * scale)
+        if shared_length is None:
+            shared_length = self.record_choice("shared_length", 10 * scale)
         if selection == "hard" and not 1 <= top_k <= pool_size:
             raise ValueError(f"top_k={top_k} must be between 1 and pool_size={pool_size}")
         layers = self.backbone.num_layers if placement == "layers" else None
