@@ -136,7 +136,7 @@ def test_init_from_heads_trained_on_another_pooling_warns(sentence_bert, tmp_pat
 
 def test_fit_on_a_sentence_transformers_folder_records_the_choices_everywhere(sentence_bert, reviews, tmp_path):
     """Through the command line: the head pools by mean, and the checkpoint, the export and the logger's
-    ``hparams.yaml`` all hold what the rules chose (``mean``; P-tuning's encoder ``mlp``), not the rules."""
+    ``hparams.yaml`` all hold what the rules chose (``mean``; P-tuning's encoder ``mlp`` at 0.03x), not the rules."""
     cli = run_cli("fit", "--model=PTuning", f"--model.backbone={sentence_bert}", "--model.label_names=[negative,positive]",
                   "--model.num_virtual_tokens=2", "--data.batch_size=8", "--data.max_length=48",
                   data_files_arg(reviews, ("train", "validation")), "--trainer.max_epochs=1", root=tmp_path)
@@ -146,4 +146,4 @@ def test_fit_on_a_sentence_transformers_folder_records_the_choices_everywhere(se
     export = json.loads((run / "prompt" / "prompt.json").read_text())["init_args"]
     logged = yaml.safe_load((run / "hparams.yaml").read_text())
     for saved in (checkpoint["hyper_parameters"], export, logged):
-        assert (saved["pooling"], saved["encoder"]) == ("mean", "mlp")
+        assert (saved["pooling"], saved["encoder"], saved["encoder_lr_scale"]) == ("mean", "mlp", 0.03)

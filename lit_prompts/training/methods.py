@@ -102,7 +102,7 @@ class PTuning(PromptMethod):
         if encoder is None:  # (saved settings hold the encoder chosen)
             encoder = self.record_choice("encoder", "mlp" if residual else "lstm")
         if encoder_lr_scale is None:  # the paper's form keeps one rate, as swept for it
-            encoder_lr_scale = self.ENCODER_LR_SCALE if residual else 1.0
+            encoder_lr_scale = self.record_choice("encoder_lr_scale", self.ENCODER_LR_SCALE if residual else 1.0)
         self.encoder_lr_scale = float(encoder_lr_scale)  # (a plain float: it reaches the optimizer's state)
         start = self.backbone.vocab_embeddings((num_virtual_tokens,))
         self.prompt = EncodedPrompt(num_virtual_tokens, self.facts.hidden_size, encoder, encoder_hidden_size, residual,
