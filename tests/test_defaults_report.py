@@ -100,3 +100,16 @@ def test_a_file_that_is_not_a_benchmark_output_is_named(defaults_report, tmp_pat
     bad.write_text('{"runs": []}')
     with pytest.raises(SystemExit, match=rf"{bad}: not a benchmark.py results.json \('config'\)"):
         defaults_report.gather([str(bad)])
+
+
+@pytest.mark.parametrize("config,runs,message", [
+    ({"backbone": 3}, [], "'int' object has no attribute 'rstrip'"),
+    ({"task": "no_such_task"}, [], "\"task 'no_such_task'\""),
+    ({}, [{"impl": "lit_prompts", "name": "PromptTuning-seed0", "seed": 0, "metric": 0.8}], "'method'"),
+])
+def test_a_malformed_output_is_refused_with_its_name(defaults_report, tmp_path, config, runs, message):
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps({"config": {"task": "sst2", "backbone": "b", **BUDGET, **config}, "runs": runs}))
+    with pytest.raises(SystemExit) as refused:
+        defaults_report.gather([str(bad)])
+    assert str(refused.value) == f"{bad}: not a benchmark.py results.json ({message})"
