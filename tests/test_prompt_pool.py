@@ -171,8 +171,8 @@ def test_a_checkpoint_without_the_shared_prompt_needs_shared_length_0(tiny_backb
 def test_the_pool_gives_as_many_input_positions_as_prompt_tuning_by_task(tiny_backbone):
     bert, tags = tiny_backbone("bert"), ["O", "B-PER", "I-PER"]
     ner = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags)
-    assert (ner.prompt.shared.shape[0], ner.prompt.pool.shape[1]) == (50, 25)
-    assert (ner.hparams.shared_length, ner.hparams.prompt_length) == (50, 25)  # saved settings hold the lengths chosen
+    assert (ner.prompt.shared.shape[0], ner.prompt.pool.shape[1]) == (80, 10)  # most positions shared
+    assert (ner.hparams.shared_length, ner.hparams.prompt_length) == (80, 10)  # saved settings hold the lengths chosen
     assert ner.prompt_length() == 100 == lit_prompts.PromptTuning(backbone=bert, task="ner", task_format="token",
                                                                  label_names=tags).prompt_length()
     assert PromptPool(backbone=bert, label_names=["negative", "positive"]).prompt_length() == 20  # 10 + 2 x 5
@@ -180,6 +180,8 @@ def test_the_pool_gives_as_many_input_positions_as_prompt_tuning_by_task(tiny_ba
     assert deep.prompt.pool.shape[2] == 5 and deep.prompt.shared.shape[1] == 10  # per layer: the usual lengths
     given = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags, prompt_length=3, shared_length=0)
     assert given.prompt.shared is None and given.prompt_length() == 6
+    one_pick = PromptPool(backbone=bert, task="ner", task_format="token", label_names=tags, top_k=1)
+    assert (one_pick.hparams.shared_length, one_pick.prompt_length()) == (90, 100)  # the shared prompt takes the rest
 
 
 def test_a_negative_frequency_penalty_is_refused(tiny_backbone):
