@@ -24,7 +24,10 @@ process's own (CUDA: its allocator's peak; CPU: its RSS), and the metric is unaf
 Learning-rate sweeps: ``--lr PrefixTuning=1e-3,3e-3,1e-2`` runs every listed value (run names
 ``PrefixTuning-lr0.003-seed0``); results.md then holds a row per method and learning rate and a
 method x learning-rate table. ``--lr METHOD=LR`` (one value) sets that method's rate as before;
-a method not named runs at its own ``default_lr``. ``--summary`` adds the report's compact table:
+a method not named runs at the rate the method itself chooses for its settings (``--set`` included: e.g.
+``PrefixTuning.reparameterize=true`` trains at 1e-3), as ``fit`` without ``--model.optimizer`` does. Every
+run records the rate it trained at (``trained_lr``: its optimizer's first parameter group, before the
+schedule); a PEFT run at the default trains at its lit_prompts twin's. ``--summary`` adds the report's compact table:
 per method (and learning rate), metric mean ± sd over seeds, trainable parameters and how many
 seeds ended at a trivial solution.
 
@@ -211,14 +214,9 @@ def build_sparse_conll(source: Path, folder: Path, types=SPARSE_TYPES, share: fl
     return out
 
 
-def learning_rates(args) -> dict[str, list[float]]:
-    """Method -> its learning rates: ``--lr METHOD=LR1,LR2,...`` (one or several), else its default on the
-    backbone (``default_lr_on``)."""
-    from transformers import AutoConfig
-
-    import lit_prompts
-    from lit_prompts.backbone import ArchitectureFacts, resolve_path
-
+def learning_rates(args) -> dict[str, list[float | None]]:
+    """Method -> its learning rates: ``--lr METHOD=LR1,LR2,...`` (one or several), else ``[None]``: the
+    method's own default, which only the run knows (it may depend on the method's settings)."""
     given = {}
     for item in args.lr:
         method, sep, values = item.partition("=")
@@ -231,8 +229,18 @@ def learning_rates(args) -> dict[str, list[float]]:
         if not rates:
             raise SystemExit(f"--lr {item!r}: no learning rate given")
         given[method] = list(dict.fromkeys(rates))  # in the order given, each once
+    return {m: given.get(m, [None]) for m in args.methods}
+
+
+def class_default_lr(args, method: str) -> float:
+    """The method class's default rate on the backbone: a PEFT run's rate when its lit_prompts twin failed."""
+    from transformers import AutoConfig
+
+    import lit_prompts
+    from lit_prompts.backbone import ArchitectureFacts, resolve_path
+
     facts = ArchitectureFacts.from_config(AutoConfig.from_pretrained(resolve_path(args.backbone)))
-    return {m: given.get(m, [getattr(lit_prompts, m).default_lr_on(facts)]) for m in args.methods}
+    return getattr(lit_prompts, method).default_lr_on(facts)
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,7 @@ class Run:
 
     impl: str  # "lit_prompts" or "peft"
     method: str
-    lr: float
+    lr: float | None  # None: the method's own default
     seed: int
     swept: bool  # the method runs at several learning rates: its run names carry the lr
 
@@ -360,6 +368,8 @@ class StepStats(Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.memory = PeakMemory(pl_module.device)
+        first = trainer.optimizers[0].param_groups[0]  # the scheduler keeps the rate it scales as initial_lr
+        self.lr = float(first.get("initial_lr", first["lr"]))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         sync(pl_module.device)
@@ -383,7 +393,7 @@ class StepStats(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         Path(self.output).write_text(json.dumps({
             "step_times_s": self.times, "tokens": self.tokens, "peak_mem_mb": self.peak_mem_mb, "forward_times_s": self.forward_times,
-            "metrics": metrics, "monitor": pl_module.monitor,
+            "metrics": metrics, "monitor": pl_module.monitor, "lr": self.lr,
             "predictions": {name: c.result() for name, c in self.counters.items()},
             "trainable_params": sum(p.numel() for p in pl_module.trainable_parameters()),
             "backbone_params": sum(p.numel() for p in pl_module.backbone.parameters()),
@@ -422,8 +432,9 @@ def lit_run(args, run: Run, data: dict, output: Path) -> dict:
     folder = output / "runs" / run.name
     stats = folder / "stats.json"
     stats.unlink(missing_ok=True)  # never read a stale result of an earlier benchmark into this one
-    model = ["--model=" + run.method, f"--model.backbone={args.backbone}", f"--model.warmup_ratio={args.warmup_ratio}",
-             "--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={run.lr}"]
+    model = ["--model=" + run.method, f"--model.backbone={args.backbone}", f"--model.warmup_ratio={args.warmup_ratio}"]
+    if run.lr is not None:  # else the method's default optimizer: AdamW at the rate it picks for its settings
+        model += ["--model.optimizer=torch.optim.AdamW", f"--model.optimizer.lr={run.lr}"]
     if args.virtual_tokens and "num_virtual_tokens" in inspect.signature(getattr(lit_prompts, run.method).__init__).parameters:
         model.append(f"--model.num_virtual_tokens={args.virtual_tokens}")
     model += [f"--model.{k}={v}" for k, v in TASK_MODEL_ARGS.get(args.task, {}).items()]
@@ -447,7 +458,7 @@ def lit_run(args, run: Run, data: dict, output: Path) -> dict:
     result = json.loads(stats.read_text())
     prompt = max(folder.glob("lightning_logs/version_*/prompt/prompt.safetensors"), key=lambda p: p.stat().st_mtime, default=None)
     predictions = next(iter(result.get("predictions", {}).values()), {"trivial": None, "trivial_detail": "no predictions recorded"})
-    return {**identity(run), "command": shlex.join(command[1:]),
+    return {**identity(run), "trained_lr": result["lr"], "command": shlex.join(command[1:]),
             "trainable_params": result["trainable_params"], "backbone_params": result["backbone_params"],
             "exported_bytes": prompt.stat().st_size if prompt else None, "peak_mem_mb": result["peak_mem_mb"],
             "metric_name": result["monitor"], "metric": result["metrics"].get(result["monitor"]),
@@ -523,12 +534,12 @@ def run_logged(command: list[str], folder: Path, name: str, threads: int | None 
 
 
 # --- the PEFT path -------------------------------------------------------------------------------------
-def peft_run(args, run: Run, data: dict, output: Path) -> dict:
+def peft_run(args, run: Run, data: dict, output: Path, lr: float) -> dict:
     folder = output / "runs" / run.name
-    spec = {"method": run.method, "seed": run.seed, "lr": run.lr, "data": data, "result": str(folder / "stats.json")}
+    spec = {"method": run.method, "seed": run.seed, "lr": lr, "data": data, "result": str(folder / "stats.json")}
     (folder / "stats.json").unlink(missing_ok=True)
     run_logged([sys.executable, __file__, *sys.argv[1:], "--peft-run", json.dumps(spec)], folder, run.name, threads=child_threads(args))
-    return {**json.loads((folder / "stats.json").read_text()), **identity(run)}
+    return {**json.loads((folder / "stats.json").read_text()), **identity(run), "trained_lr": lr}
 
 
 class PeftPrompted(PromptedModel):
@@ -771,6 +782,12 @@ def swept_methods(runs: list[dict]) -> set[tuple[str, str]]:
     return {key for key, values in lrs.items() if len(values) > 1}
 
 
+def shown_lr(r: dict) -> str:
+    """A run's or summary row's rate: the one asked for, else the one the run trained at, else "default"."""
+    rate = r.get("lr") if r.get("lr") is not None else r.get("trained_lr")
+    return "default" if rate is None else f"{rate:g}"
+
+
 def label(r: dict, swept: set) -> str:
     """A summary row's method, with its learning rate where the method was swept."""
     return f"{r['method']}, lr {r['lr']:g}" if (r["impl"], r["method"]) in swept and r.get("lr") is not None else r["method"]
@@ -782,7 +799,8 @@ def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for impl, method, lr in dict.fromkeys((r["impl"], r["method"], r.get("lr")) for r in runs):
         group = [r for r in runs if (r["impl"], r["method"], r.get("lr")) == (impl, method, lr)]
-        head = {"impl": impl, "method": method, "lr": lr, "runs": len(group)}
+        head = {"impl": impl, "method": method, "lr": lr, "runs": len(group),
+                "trained_lr": next((r["trained_lr"] for r in group if r.get("trained_lr") is not None), None)}
         unsupported = [r for r in group if "unsupported" in r]
         if unsupported:
             rows.append({**head, "unsupported": unsupported[0]["unsupported"]})
@@ -904,7 +922,7 @@ def write_report(args, output: Path, runs: list[dict], command: str, data: dict 
               "| peak mem MB | metric (mean ± sd) | trivial |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        lr = "" if r.get("lr") is None else f"{r['lr']:g}"
+        lr = shown_lr(r)
         if "unsupported" in r:
             lines.append(f"| {r['method']} | {r['impl']} | {lr} | not supported: {r['unsupported'][:120]} | | | | | | | |")
             continue
@@ -926,11 +944,11 @@ def write_report(args, output: Path, runs: list[dict], command: str, data: dict 
         if "error" in r or "unsupported" in r:
             text = (r.get("error") or r.get("unsupported") or "").strip().splitlines()
             what = "failed" if "error" in r else "not supported"
-            lines.append(f"| {r['name']} | {r['impl']} | {r['lr']:g} | {r['seed']} | {what} | | {text[0][:150] if text else ''} |")
+            lines.append(f"| {r['name']} | {r['impl']} | {shown_lr(r)} | {r['seed']} | {what} | | {text[0][:150] if text else ''} |")
             continue
         metric = "" if r.get("metric") is None else f"{r['metric_name']} {r['metric']:.4f}"
         flag = {True: "yes", False: "no", None: "?"}[r.get("trivial")]
-        lines.append(f"| {r['name']} | {r['impl']} | {r['lr']:g} | {r['seed']} | {metric} | {flag} | {r.get('trivial_detail', '')} |")
+        lines.append(f"| {r['name']} | {r['impl']} | {shown_lr(r)} | {r['seed']} | {metric} | {flag} | {r.get('trivial_detail', '')} |")
     if swept:
         lines += sweep_table(summary, swept)
     if args.summary:
@@ -969,7 +987,7 @@ def summary_table(summary: list[dict], swept: set) -> list[str]:
     lines = ["", "## Summary", "", "| method | impl | lr | metric (mean ± sd over seeds) | seeds | trainable params | trivial |",
              "|---|---|---|---|---|---|---|"]
     for r in summary:
-        lr = "" if r.get("lr") is None else f"{r['lr']:g}"
+        lr = shown_lr(r)
         if not finished(r):
             lines.append(f"| {r['method']} | {r['impl']} | {lr} | {unfinished(r)} | | | |")
             continue
@@ -1050,12 +1068,24 @@ def execute(args, planned: list[Run], data: dict, output: Path, command: str, bu
     results: dict[int, dict] = {}
     peft_cannot: dict[str, str] = {}  # method -> why: a combination PEFT cannot do is the same for every seed and lr
 
+    def peft_lr(run: Run) -> float:
+        """A PEFT run's rate: the one asked for, else the rate its lit_prompts twin (same method and seed,
+        finished before: PEFT runs follow) trained at, else the method class's default on the backbone."""
+        if run.lr is not None:
+            return run.lr
+        twin = next((r for r in results.values() if r["impl"] == "lit_prompts" and r.get("trained_lr") is not None
+                     and (r["method"], r["seed"], r["lr"]) == (run.method, run.seed, None)), None)
+        return twin["trained_lr"] if twin else class_default_lr(args, run.method)
+
     def one(run: Run) -> dict | None:
         if run.impl == "peft" and run.method in peft_cannot:
             return None
         start = time.perf_counter()
         try:
-            record = (lit_run if run.impl == "lit_prompts" else peft_run)(args, run, data, output)
+            if run.impl == "lit_prompts":
+                record = lit_run(args, run, data, output)
+            else:
+                record = peft_run(args, run, data, output, peft_lr(run))
         except Exception as error:  # noqa: BLE001 — reported, and the other runs go on
             record = {**identity(run), "error": f"{type(error).__name__}: {error}"}
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

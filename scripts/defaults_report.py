@@ -123,7 +123,8 @@ def report(cells: dict, notes: list[str]) -> tuple[list[str], list[str]]:
                 continue
             score = stats[n][method]
             text = f"**{score.mean:.2f}**" if method == best[n] else f"{score.mean:.2f}"
-            row.append(f"{text} ± {score.sd:.2f} ({score.seeds})" + (f", trivial: seeds {score.trivial}" if score.trivial else ""))
+            spread = f" ± {score.sd:.2f}" if score.seeds > 1 else ""  # one seed has no spread to show
+            row.append(f"{text}{spread} ({score.seeds})" + (f", trivial: seeds {score.trivial}" if score.trivial else ""))
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += ["", "Budgets (steps, batch, precision, share of validation): "
               + "; ".join(f"{n} {cells[n]['budget']}" for n in names)]

@@ -53,9 +53,9 @@ def test_cells_from_several_outputs_make_one_table_with_every_target_checked(def
     # Seeds from both CoNLL outputs: mean ± sd in points; the best prompt method bold; F1 of SQuAD not scaled.
     assert rows["PromptTuning"][:2] == ["75.00 ± 1.00 (3)", "22.00 ± 2.83 (2)"]
     assert rows["PrefixTuning"][:2] == ["**78.00** ± 1.00 (3)", "**51.00** ± 1.41 (2)"]
-    assert rows["PromptPool"][0] == "70.00 ± 0.00 (1), trivial: seeds [2]"
+    assert rows["PromptPool"][0] == "70.00 (1), trivial: seeds [2]"  # one seed: no spread shown
     assert rows["FullFineTuning"] == ["55.50 ± 0.71 (2)", "not run", "not run |"]  # the reference: never "best"
-    assert rows["PTuning"][2] == "76.00 ± 0.00 (1) |"
+    assert rows["PTuning"][2] == "76.00 (1) |"
     not_met = text.split("Not met:")[1].split("Notes:")[0]
     assert "conll2003: PromptPool at a trivial solution on seeds [2]" in not_met
     assert "conll2003: PromptPool 8.0 behind PrefixTuning (within 5)" in not_met  # NER: 5 F1
@@ -76,7 +76,7 @@ def test_outputs_with_settings_are_kept_on_request_as_cells_of_their_own(default
     defaults_report.main([at_defaults, longer, "--include-settings"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| method | sst2 | sst2, --set PromptTuning.init=labels; --virtual-tokens 100 |"
-    assert lines[2] == "| PromptTuning | **80.00** ± 0.00 (1) | **81.00** ± 0.00 (1) |"
+    assert lines[2] == "| PromptTuning | **80.00** (1) | **81.00** (1) |"
 
 
 @pytest.mark.parametrize("second,message", [

@@ -95,6 +95,10 @@ def test_method_comparison_benchmark_smoke(tiny_backbone, tmp_path):
     assert summary["lit_prompts", "PTuningV2"]["trainable_params"] == layers * 2 * hidden + head
     assert summary["peft", "PromptTuning"]["trainable_params"] == 2 * hidden + head  # PEFT's prompt + classifier
     assert "PromptTuning: step time lit_prompts / PEFT" in result["ratios"]
+    # No --lr: each run trains at its method's own default, which it records; PEFT at its twin's.
+    trained = {(r["impl"], r["method"]): r["trained_lr"] for r in result["runs"]}
+    assert trained == {("lit_prompts", "PromptTuning"): 3e-2, ("peft", "PromptTuning"): 3e-2, ("lit_prompts", "PTuningV2"): 3e-2}
+    assert all(r["lr"] is None and "--model.optimizer" not in r.get("command", "") for r in result["runs"])
     report = (output / "results.md").read_text()
     assert report.startswith("`python scripts/benchmark.py") and "| PTuningV2 | lit_prompts |" in report
     assert (output / "metric_vs_params.png").stat().st_size > 0 and (output / "step_time.png").stat().st_size > 0
@@ -113,9 +117,12 @@ def test_method_comparison_benchmark_text_to_text_on_a_decoder(tiny_backbone, tm
     """The decoder preset: lit_prompts' and PEFT's prefix tuning (PEFT's causal-LM model, scored by
     the same rank classification over the label words)."""
     result = run_benchmark(tiny_backbone("llama"), sst2_like_files(tmp_path), tmp_path / "bench",
-                           "--task=sst2_text_to_text", "--methods", "PrefixTuning")
+                           "--task=sst2_text_to_text", "--methods", "PrefixTuning", "--set", "PrefixTuning.reparameterize=true")
     summary = {(r["impl"], r["method"]): r for r in result["summary"]}
     assert set(summary) == {("lit_prompts", "PrefixTuning"), ("peft", "PrefixTuning")}
+    # The MLP's own default rate (1e-3, not the plain prefix's 3e-2) reaches the run and its PEFT twin.
+    assert summary["lit_prompts", "PrefixTuning"]["trained_lr"] == 1e-3 == summary["peft", "PrefixTuning"]["trained_lr"]
+    assert "| PrefixTuning | lit_prompts | 0.001 |" in (tmp_path / "bench" / "results.md").read_text()
     assert "PrefixTuning: step time lit_prompts / PEFT" in result["ratios"]
 
 
