@@ -344,8 +344,8 @@ class PredictionCounter:
 
 class StepStats(Callback):
     """Lightning callback: per-step wall time (the whole step: forward, backward, optimizer), real
-    tokens per step, peak memory, the validation metrics at the end and whether that validation's
-    predictions were trivial (``PredictionCounter``), written as JSON."""
+    tokens per step, peak memory, the learning rate the run trained at, the validation metrics at the
+    end and whether that validation's predictions were trivial (``PredictionCounter``), written as JSON."""
 
     def __init__(self, output: str, progress_every: int = 25, forward_batches: int = 10):
         super().__init__()
