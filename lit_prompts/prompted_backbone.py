@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .backbone import ArchitectureFacts, backbone_fingerprint, load_backbone, resolve_path
+from .formats import IGNORE_INDEX
 from .methods.base import PromptContext, PromptOutput
 from .packing import Segment, block_mask, packed_prefixes, place
 from .pooling import sequence_logprobs
@@ -157,11 +158,15 @@ class PromptedBackbone(nn.Module):
     def context(self, inputs: dict, task: str | None = None) -> PromptContext:
         """The prompt's view of a batch (``input_ids``, ``attention_mask``)."""
         mask = inputs["attention_mask"]
+        source = None
+        if "target_ids" in inputs and not self.facts.is_encoder_decoder:  # a decoder's row is source + target
+            source = mask * (inputs["target_ids"] == IGNORE_INDEX)
         if not self.holds_weights:  # shapes only, until sharding brings the weights
             embeds = torch.zeros(*mask.shape, self.facts.hidden_size, device=mask.device)
-            return PromptContext(embeds, mask, task, frozen_hidden=lambda: embeds)
+            return PromptContext(embeds, mask, task, frozen_hidden=lambda: embeds, source_mask=source)
         embeds = self.model.get_input_embeddings()(inputs["input_ids"])
-        return PromptContext(embeds, mask, task, frozen_hidden=lambda: self.frozen_hidden(embeds, mask))
+        return PromptContext(embeds, mask, task, frozen_hidden=lambda: self.frozen_hidden(embeds, mask),
+                             source_mask=source)
 
     @torch.no_grad()
     def frozen_hidden(self, embeds: Tensor, mask: Tensor) -> Tensor:

@@ -303,3 +303,27 @@ def test_pool_on_token_and_span_tasks(task, fmt, arch, placement, tiny_backbone,
             f"--data.data_files={json.dumps(files)}", "--trainer.max_epochs=1"]
     cli = run_cli("fit", *args, root=tmp_path)
     assert {"val/f1"} <= set(cli.trainer.callback_metrics)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("query", ["backbone", "encoder"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_decoder_selects_by_the_source_alone_in_training_generation_and_ranking(arch, query, tiny_backbone):
+    """A decoder trains on rows of source + target; it generates, and ranks label candidates, from the source.
+    The query reads the source alone in all three, so a training row selects the prompts its generation
+    will use, and every candidate of a row gets the same prompts (not the answer's)."""
+    from lit_prompts.data.collate import Collator
+
+    model = make_pool(tiny_backbone, arch, query=query, top_k=1)
+    collate = Collator(pad_id=0, padding_side="left", task_format="text_to_text", is_encoder_decoder=False,
+                       class_targets=[[500, 501, 502], [600]], with_candidates=True)
+    batch = collate([{"id": 0, "input_ids": [400, 401, 402], "label": 0},
+                     {"id": 1, "input_ids": [300, 301, 302, 303, 304], "label": 1}])
+    training = {k: batch[k] for k in ("input_ids", "attention_mask", "target_ids")}
+    source = model.prompt.queries(model.backbone.context(batch["source"]))
+    torch.testing.assert_close(model.prompt.queries(model.backbone.context(training)), source)
+    torch.testing.assert_close(model.prompt.queries(model.backbone.context(batch["candidates"])),
+                               source.repeat_interleave(2, dim=0))
+    # With the query of source + target the selection would differ: the target moves the mean.
+    whole = model.prompt.queries(model.backbone.context({k: training[k] for k in ("input_ids", "attention_mask")}))
+    assert not torch.allclose(whole, source)

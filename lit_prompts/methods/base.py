@@ -25,20 +25,29 @@ class PromptContext:
     task: str | None = None  # the task of these rows (multi-task prompts read it)
     # [B, T, H] the frozen backbone's last hidden states of the text alone, without gradient (L2P's query).
     frozen_hidden: Callable[[], Tensor] | None = None
+    # [B, T] the tokens a query of the input averages over, where fewer than ``attention_mask``'s: a decoder
+    # trains on rows of source + target, but generates (and ranks candidates) from the source alone, so a
+    # query that also read the target would select by the answer in training and by something else after.
+    source_mask: Tensor | None = None
+
+    @property
+    def query_mask(self) -> Tensor:
+        return self.attention_mask if self.source_mask is None else self.source_mask
 
     @property
     def batch_size(self) -> int:
         return self.input_embeds.shape[0]
 
     def mean_embedding(self) -> Tensor:
-        """[B, H] fp32 mean of the input embeddings over real tokens."""
-        return pool_hidden(self.input_embeds.float(), self.attention_mask, "mean")
+        """[B, H] fp32 mean of the input embeddings over the source's real tokens."""
+        return pool_hidden(self.input_embeds.float(), self.query_mask, "mean")
 
     def frozen_mean_hidden(self) -> Tensor:
-        """[B, H] fp32 mean of the frozen backbone's last hidden states over real tokens."""
+        """[B, H] fp32 mean of the frozen backbone's last hidden states over the source's real tokens (a
+        decoder's are causal: the target after them does not change them)."""
         if self.frozen_hidden is None:
             raise ValueError("this context has no frozen backbone to query (build it with PromptedBackbone.context)")
-        return pool_hidden(self.frozen_hidden().float(), self.attention_mask, "mean")
+        return pool_hidden(self.frozen_hidden().float(), self.query_mask, "mean")
 
 
 @dataclass
