@@ -13,6 +13,7 @@ from conftest import data_files_arg, run_cli
 
 import lit_prompts
 from lit_prompts import PromptPool
+from lit_prompts.data.collate import Collator
 from lit_prompts.methods import PoolPrompt
 from lit_prompts.methods.base import PromptContext
 
@@ -312,8 +313,6 @@ def test_a_decoder_selects_by_the_source_alone_in_training_generation_and_rankin
     """A decoder trains on rows of source + target; it generates, and ranks label candidates, from the source.
     The query reads the source alone in all three, so a training row selects the prompts its generation
     will use, and every candidate of a row gets the same prompts (not the answer's)."""
-    from lit_prompts.data.collate import Collator
-
     model = make_pool(tiny_backbone, arch, query=query, top_k=1)
     collate = Collator(pad_id=0, padding_side="left", task_format="text_to_text", is_encoder_decoder=False,
                        class_targets=[[500, 501, 502], [600]], with_candidates=True)
