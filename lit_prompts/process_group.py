@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import gc
+import os
+import sys
 
 import torch.distributed as dist
 
@@ -19,3 +22,32 @@ def destroy_process_group_at_exit() -> None:
     a loop of two-process ``ddp_spawn`` runs, about one in five. Registered once, at import, so that
     every process that runs lit_prompts code (spawned workers unpickle it) gets it."""
     atexit.register(destroy_process_group_if_any)
+
+
+def uses_gloo() -> bool:
+    return dist.is_available() and dist.is_initialized() and "gloo" in str(dist.get_backend())
+
+
+def end_process() -> None:
+    """End a ``python -m lit_prompts`` process whose command has finished.
+
+    Destroying a Gloo group does not stop its worker threads while anything still holds the group,
+    and after a sharded fit something outside Python's garbage collector does: past ``fit``, the
+    destroy and ``gc.collect()``, the FSDP-wrapped model and its group are alive though no module
+    reaches them. Those threads then outlive the interpreter's finalisation, and one that touches a
+    Python object there is killed mid-C++ frame, which aborts the whole finished process (SIGABRT,
+    "terminate called without an active exception").
+    So a process that ran Gloo runs its exit handlers, flushes its output and leaves without
+    finalising: nothing is left to lose there (every file the run writes is closed by then), and
+    SLURM, torchrun and scripts see the run's true exit status. Other processes exit as usual."""
+    gloo = uses_gloo()
+    destroy_process_group_if_any()
+    if not gloo:
+        return
+    gc.collect()  # closes what only a reference cycle still held open
+    # The atexit module has no public call that runs the registered handlers without finalising;
+    # this one runs exactly the handlers shutdown would.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

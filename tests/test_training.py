@@ -51,6 +51,38 @@ def test_a_gloo_process_group_is_destroyed_before_exit(tmp_path):
     assert done.stdout.split("\n")[:2] == ["initialized: True", "initialized at exit: False"]
 
 
+@pytest.mark.integration  # subprocesses
+@pytest.mark.parametrize("backend", ["gloo", None])
+def test_a_finished_gloo_process_runs_its_exit_handlers_and_skips_finalisation(backend, tmp_path):
+    # After a sharded fit a Gloo group outlives its destroy, and finalising beside its threads can
+    # abort the finished process; so such a process exits straight after its exit handlers.
+    script = textwrap.dedent(
+        f"""
+        import atexit, os
+        import torch.distributed as dist
+        from lit_prompts.process_group import end_process
+
+        class Finalised:
+            def __del__(self, write=os.write):
+                write(1, b"finalised\\n")
+
+        kept = Finalised()  # a module global: only finalisation deletes it
+        atexit.register(lambda: print("exit handler; initialized:", dist.is_initialized()))
+        if {backend!r}:
+            dist.init_process_group({backend!r}, init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+        print("done")  # still buffered: the pipe is not a terminal
+        end_process()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    if backend == "gloo":
+        assert lines == ["done", "exit handler; initialized: False"]
+    else:
+        assert lines == ["done", "exit handler; initialized: False", "finalised"]
+
+
 def test_ddp_spawn_two_processes(tiny_backbone, reviews, tmp_path):
     args = prompt_args(tiny_backbone("gpt2"), reviews, "--trainer.max_epochs=1")
     cli = run_cli("fit", *args, "--trainer.strategy=ddp_spawn", "--trainer.devices=2", root=tmp_path)
