@@ -236,8 +236,9 @@ class PTuningV2(PromptMethod):
 
 def pool_lengths(positions: int, top_k: int) -> tuple[int, int]:
     """The pool's default (shared_length, prompt_length) for ``positions`` prompt positions per example
-    (``input_prompt_length`` at the input): 10 shared + 2 × 5 picked for the usual 20. For more (NER's 100) picked prompts of 10 and the shared prompt the rest, 80 + 2 × 10: each pool entry learns only
-    from the examples that pick it, the shared prompt from all of them. On sparse CoNLL (3 seeds) 80 + 2 × 10
+    (``input_prompt_length`` at the input): 10 shared + 2 × 5 picked for the usual 20. For more (NER's 100)
+    picked prompts of 10 and the shared prompt the rest, 80 + 2 × 10: each pool entry learns only from the
+    examples that pick it, the shared prompt from all of them. On sparse CoNLL (3 seeds) 80 + 2 × 10
     reached 0.7778 F1 against 0.7411 for 50 + 2 × 25 (docs/results.md, "The sparse-entity set at the final
     defaults")."""
     if positions <= INPUT_PROMPT_LENGTH:
