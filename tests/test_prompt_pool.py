@@ -143,6 +143,56 @@ def test_evaluation_selects_by_plain_similarity():
     assert torch.equal(prompt, pool.pool[chosen].flatten(1, 2))
 
 
+@torch.no_grad()
+def test_a_centred_query_selects_by_its_difference_from_the_mean_of_the_training_queries():
+    """The fixed query set shares one direction, so plain similarity sends every query to keys 0 and 1. With
+    ``center_query`` the pool selects by q - μ, μ the running mean of every training query (three batches of
+    16 here), which the noise around the shared direction decides: evaluation spreads over more entries."""
+    pool = PoolPrompt(pool_size=10, length=1, hidden_size=16, top_k=2, frequency_penalty=0.0, center_query=True)
+    context = fixed_queries(pool)
+    raw = context.frozen_mean_hidden()
+    shift = torch.randn(16, generator=torch.Generator().manual_seed(1))
+    others = [raw + shift, raw - shift]  # two more batches: μ averages all 48 queries, not the last batch
+    pool.train()
+    for queries in [raw, *others]:
+        pool(PromptContext(context.input_embeds, context.attention_mask, frozen_hidden=lambda q=queries: q[:, None]))
+    assert pool.queries_seen == 48
+    mean = torch.cat([raw, *others]).mean(0)
+    torch.testing.assert_close(pool.query_mean, mean, rtol=0, atol=1e-6)
+    assert "query_mean" in pool.state_dict() and "query_mean" in pool.export()[2]  # exported with the prompt
+
+    pool.eval()
+    prompt = pool(context).prepend
+    assert pool.queries_seen == 48  # evaluation leaves μ as training ended it
+    similarity = torch.nn.functional.normalize(raw - mean, dim=-1) @ pool.keys.T
+    chosen = similarity.topk(2, dim=-1).indices
+    assert torch.equal(prompt, pool.pool[chosen].flatten(1, 2))
+    assert len(set(chosen.flatten().tolist())) == 10  # where plain similarity picks {0, 1} for every query
+    uncentred = PoolPrompt(pool_size=10, length=1, hidden_size=16, top_k=2, center_query=False)
+    assert "query_mean" not in uncentred.state_dict()  # (prompts trained without it keep their tensors)
+
+
+def test_a_centred_pool_checkpoint_keeps_the_query_mean_and_how_many_queries_it_averages(tiny_backbone):
+    model = make_pool(tiny_backbone, top_k=2, center_query=True)
+    model.prompt.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model.prompt(two_texts(model))
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert torch.equal(checkpoint["state_dict"]["prompt.query_mean"], model.prompt.query_mean)
+    assert checkpoint["lit_prompts"]["pool"]["queries_seen"] == 3 * 2
+    assert torch.equal(model.export_tensors()["prompt.query_mean"], model.prompt.query_mean)
+    resumed = make_pool(tiny_backbone, top_k=2, center_query=True)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    assert torch.equal(resumed.prompt.query_mean, model.prompt.query_mean)
+    assert resumed.prompt.queries_seen == 3 * 2
+    del checkpoint["state_dict"]["prompt.query_mean"]
+    with pytest.raises(KeyError, match="prompt.query_mean"):
+        make_pool(tiny_backbone, top_k=2, center_query=True).on_load_checkpoint(checkpoint)
+
+
 def test_picks_are_training_state_kept_by_checkpoints_not_prompt_tensors(tiny_backbone):
     model = make_pool(tiny_backbone, top_k=2)
     model.prompt.train()
@@ -255,7 +305,7 @@ def test_pool_under_ddp_two_processes(tiny_backbone, reviews, tmp_path):
     args = ["--model=PromptPool", f"--model.backbone={tiny_backbone('gpt2')}", f"--model.pool_size={K}",
             f"--model.prompt_length={P}", "--model.placement=layers", "--data.batch_size=8",
             data_files_arg(reviews, ("train", "validation")), "--trainer.max_epochs=1",
-            "--trainer.strategy=ddp_spawn", "--trainer.devices=2"]
+            "--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--model.center_query=true"]
     cli = run_cli("fit", *args, root=tmp_path)
     assert cli.trainer.world_size == 2
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
@@ -265,13 +315,17 @@ def test_pool_under_ddp_two_processes(tiny_backbone, reviews, tmp_path):
     # process selects by the same counts, and rank 0's checkpoint holds them all.
     last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["lit_prompts"]["pool"]["picks"].sum() == 32 * 2
+    # Likewise the mean the queries are centred on averages both processes' 32 rows.
+    assert last["lit_prompts"]["pool"]["queries_seen"] == 32 and "prompt.query_mean" in last["state_dict"]
 
 
-def test_a_resumed_pool_run_selects_as_the_uninterrupted_run(tiny_backbone, reviews, tmp_path):
-    """The picks behind the frequency penalty, and the epoch's histogram, come back from a checkpoint of a
-    run stopped in mid-epoch: the resumed run ends bitwise equal to the run never stopped."""
-    args = ["--model=PromptPool", f"--model.backbone={tiny_backbone('bert')}", f"--model.pool_size={K}",
-            f"--model.prompt_length={P}", "--model.top_k=2", "--data.batch_size=8", data_files_arg(reviews),
+@pytest.mark.parametrize("center_query", ["false", "true"])
+def test_a_resumed_pool_run_selects_as_the_uninterrupted_run(center_query, tiny_backbone, reviews, tmp_path):
+    """The picks behind the frequency penalty, the epoch's histogram and (``center_query``) the mean the
+    queries are centred on come back from a checkpoint of a run stopped in mid-epoch: the resumed run ends
+    bitwise equal to the run never stopped."""
+    args = ["--model=PromptPool", f"--model.center_query={center_query}", f"--model.backbone={tiny_backbone('bert')}",
+            f"--model.pool_size={K}", f"--model.prompt_length={P}", "--model.top_k=2", "--data.batch_size=8", data_files_arg(reviews),
             "--seed_everything=7", "--model.lr_schedule=constant_with_warmup", "--model.warmup_steps=2",
             "--trainer.max_epochs=2"]  # 32 rows: 4 steps an epoch
     run_cli("fit", *args, root=tmp_path / "whole")
@@ -286,7 +340,9 @@ def test_a_resumed_pool_run_selects_as_the_uninterrupted_run(tiny_backbone, revi
     assert whole["state_dict"].keys() == resumed["state_dict"].keys()
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], tensor), name
-    assert torch.equal(resumed["lit_prompts"]["pool"]["picks"], whole["lit_prompts"]["pool"]["picks"])
+    for name, state in whole["lit_prompts"]["pool"].items():
+        assert torch.equal(resumed["lit_prompts"]["pool"][name], state), name
+    assert ("prompt.query_mean" in whole["state_dict"]) == (center_query == "true")
 
     def last_histogram(folder):  # the second epoch's, logged last
         rows = [r for r in csv.DictReader(open(folder / "metrics.csv")) if r.get("pool/entries_used")]

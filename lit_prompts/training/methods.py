@@ -262,6 +262,9 @@ class PromptPool(PromptMethod):
             prompt), trained on every example; 0 for L2P's pool alone. Default: ``pool_lengths``, 10 with two
             prompts of 5 picked, 20 tokens per example as the other methods' defaults (80 + 2 × 10 = 100 at the
             input on NER, as prompt tuning's 100 there).
+        center_query: select by the query less the mean of the training queries (see
+            ``lit_prompts.methods.prompt_pool``), kept with the prompt: a decoder's mean hidden states share one
+            direction that otherwise dominates every cosine with the keys.
         frequency_penalty: hard selection in training: β of L2P's frequency-penalised selection, score_i =
             cos(q, k_i) - β·f_i with f_i entry i's share of the picks so far relative to an even share (1 =
             even). Without it (0) the key-pull loss draws the keys picked first towards every query, and a
@@ -275,7 +278,8 @@ class PromptPool(PromptMethod):
     def __init__(self, pool_size: PositiveInt = 10, prompt_length: PositiveInt | None = None, top_k: PositiveInt = 2,
                  selection: Selection = "hard", query: Query = "backbone", placement: Placement = "input",
                  temperature: PositiveFloat = 0.1, key_pull_weight: float = 0.1,
-                 frequency_penalty: NonNegativeFloat = 0.1, shared_length: NonNegativeInt | None = None, **kwargs):
+                 frequency_penalty: NonNegativeFloat = 0.1, shared_length: NonNegativeInt | None = None,
+                 center_query: bool = False, **kwargs):
         super().__init__(**kwargs)
         # At the input as many positions per example as prompt tuning's default for the task; in every layer the usual 20.
         positions = input_prompt_length(self.task_specs().values()) if placement == "input" else INPUT_PROMPT_LENGTH
@@ -291,8 +295,8 @@ class PromptPool(PromptMethod):
         start = self.backbone.vocab_embeddings((pool_size, *per_layer, prompt_length))
         shared = self.backbone.vocab_embeddings((*per_layer, shared_length)) if shared_length else None
         self.prompt = PoolPrompt(pool_size, prompt_length, self.facts.hidden_size, layers, top_k, selection, query,
-                                 temperature, key_pull_weight, frequency_penalty, shared_length, init=start,
-                                 shared_init=shared)
+                                 temperature, key_pull_weight, frequency_penalty, shared_length, center_query,
+                                 init=start, shared_init=shared)
 
     def prompt_length(self) -> int:
         # The probe's one-token input is no training example: in evaluation mode it counts no picks.
@@ -319,13 +323,23 @@ class PromptPool(PromptMethod):
             mine, self.prompt.last_selection = self.prompt.last_selection, None
             mine = torch.zeros_like(self.prompt.selection_weights) if mine is None else mine
             self.prompt.record(self.all_gather(mine).sum(0) - mine)
+            if self.prompt.query_mean is not None:  # μ likewise averages every process's queries
+                mine, self.prompt.last_queries = self.prompt.last_queries, None
+                mine = self.prompt.query_mean.new_zeros(len(self.prompt.query_mean) + 1) if mine is None else mine
+                self.prompt.record_queries(self.all_gather(mine).sum(0) - mine)
         return loss
+
+    def trainable_names(self) -> set[str]:
+        # μ is learned from the data, not by gradient, yet the selection means nothing without it: checkpoints keep it.
+        names = super().trainable_names()
+        return names | {"prompt.query_mean"} if self.prompt.query_mean is not None else names
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         # Not prompt tensors, but training state: a resumed run penalises, selects and logs as the whole run.
         checkpoint["lit_prompts"]["pool"] = {"picks": self.prompt.picks.cpu().clone(),
-                                             "selection_weights": self.prompt.selection_weights.cpu().clone()}
+                                             "selection_weights": self.prompt.selection_weights.cpu().clone(),
+                                             "queries_seen": self.prompt.queries_seen.cpu().clone()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -333,6 +347,8 @@ class PromptPool(PromptMethod):
         if saved:
             self.prompt.picks.copy_(saved["picks"])
             self.prompt.selection_weights.copy_(saved["selection_weights"])
+            if "queries_seen" in saved:  # (from before center_query)
+                self.prompt.queries_seen.copy_(saved["queries_seen"])
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
