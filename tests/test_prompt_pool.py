@@ -188,9 +188,6 @@ def test_a_centred_pool_checkpoint_keeps_the_query_mean_and_how_many_queries_it_
     resumed.load_state_dict(checkpoint["state_dict"])
     assert torch.equal(resumed.prompt.query_mean, model.prompt.query_mean)
     assert resumed.prompt.queries_seen == 3 * 2
-    del checkpoint["state_dict"]["prompt.query_mean"]
-    with pytest.raises(KeyError, match="prompt.query_mean"):
-        make_pool(tiny_backbone, top_k=2, center_query=True).on_load_checkpoint(checkpoint)
 
 
 def test_picks_are_training_state_kept_by_checkpoints_not_prompt_tensors(tiny_backbone):
@@ -217,6 +214,23 @@ def test_a_checkpoint_without_the_shared_prompt_needs_shared_length_0(tiny_backb
     with pytest.raises(ValueError, match=r"no shared prompt .*--model.shared_length=0"):
         make_pool(tiny_backbone).on_load_checkpoint(checkpoint)
     make_pool(tiny_backbone, shared_length=0).on_load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("arch,centred", [("gpt2", True), ("llama", True), ("bert", False), ("t5", False)])
+def test_the_query_is_centred_by_default_on_decoder_only_backbones(arch, centred, tiny_backbone):
+    model = make_pool(tiny_backbone, arch)
+    assert (model.prompt.query_mean is not None) is centred
+    assert model.hparams.center_query is centred and model.hparams_initial.center_query is centred  # the choice is saved
+    assert make_pool(tiny_backbone, arch, center_query=not centred).prompt.settings["center_query"] is not centred
+
+
+def test_a_decoder_pool_checkpoint_without_the_query_mean_needs_center_query_false(tiny_backbone):
+    old = make_pool(tiny_backbone, "gpt2", center_query=False)  # as saved before centring was the default
+    checkpoint = {"state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams)}
+    old.on_save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match=r"no query mean .*--model.center_query=false"):
+        make_pool(tiny_backbone, "gpt2").on_load_checkpoint(checkpoint)
+    make_pool(tiny_backbone, "gpt2", center_query=False).on_load_checkpoint(checkpoint)
 
 
 def test_the_pool_gives_as_many_input_positions_as_prompt_tuning_by_task(tiny_backbone):
