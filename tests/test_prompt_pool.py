@@ -168,6 +168,10 @@ def test_a_centred_query_selects_by_its_difference_from_the_mean_of_the_training
     chosen = similarity.topk(2, dim=-1).indices
     assert torch.equal(prompt, pool.pool[chosen].flatten(1, 2))
     assert len(set(chosen.flatten().tolist())) == 10  # where plain similarity picks {0, 1} for every query
+    cast = PoolPrompt(pool_size=10, length=1, hidden_size=16, top_k=2, center_query=True).to(torch.bfloat16)
+    cast.record_queries(torch.cat([raw.sum(0), raw.new_tensor([len(raw)])]))  # fp32 queries into a bf16 μ
+    assert cast.query_mean.dtype == torch.bfloat16
+    torch.testing.assert_close(cast.query_mean.float(), raw.mean(0), rtol=0, atol=1e-2)
     uncentred = PoolPrompt(pool_size=10, length=1, hidden_size=16, top_k=2, center_query=False)
     assert "query_mean" not in uncentred.state_dict()  # (prompts trained without it keep their tensors)
 

@@ -91,9 +91,10 @@ class PoolPrompt(Prompt):
     def record_queries(self, queries: Tensor) -> None:
         """Fold [H + 1] queries (their sum, then their count) into μ, the mean of every training query so far;
         a data-parallel trainer adds the other processes' after each step, as the picks."""
-        total, count = queries[:-1], queries[-1]
+        total, count = queries[:-1].float(), queries[-1].float()
         self.queries_seen += count.round().long()
-        self.query_mean.lerp_(total / count.clamp(min=1), count / self.queries_seen.clamp(min=1))
+        mean, weight = total / count.clamp(min=1), count / self.queries_seen.clamp(min=1)
+        self.query_mean.lerp_(mean.to(self.query_mean.dtype), weight.to(self.query_mean.dtype))  # (a cast prompt's too)
 
     def queries(self, context: PromptContext) -> Tensor:
         """[B, H] query per example (less μ with ``center_query``)."""
