@@ -224,7 +224,8 @@ def test_a_checkpoint_without_the_shared_prompt_needs_shared_length_0(tiny_backb
 def test_the_query_is_centred_by_default_on_decoder_only_backbones(arch, centred, tiny_backbone):
     model = make_pool(tiny_backbone, arch)
     assert (model.prompt.query_mean is not None) is centred
-    assert model.hparams.center_query is centred and model.hparams_initial.center_query is centred  # the choice is saved
+    # The choice is saved with the settings.
+    assert model.hparams.center_query is centred and model.hparams_initial.center_query is centred
     assert make_pool(tiny_backbone, arch, center_query=not centred).prompt.settings["center_query"] is not centred
 
 
@@ -343,7 +344,8 @@ def test_a_resumed_pool_run_selects_as_the_uninterrupted_run(center_query, tiny_
     queries are centred on come back from a checkpoint of a run stopped in mid-epoch: the resumed run ends
     bitwise equal to the run never stopped."""
     args = ["--model=PromptPool", f"--model.center_query={center_query}", f"--model.backbone={tiny_backbone('bert')}",
-            f"--model.pool_size={K}", f"--model.prompt_length={P}", "--model.top_k=2", "--data.batch_size=8", data_files_arg(reviews),
+            f"--model.pool_size={K}", f"--model.prompt_length={P}", "--model.top_k=2", "--data.batch_size=8",
+            data_files_arg(reviews),
             "--seed_everything=7", "--model.lr_schedule=constant_with_warmup", "--model.warmup_steps=2",
             "--trainer.max_epochs=2"]  # 32 rows: 4 steps an epoch
     run_cli("fit", *args, root=tmp_path / "whole")

@@ -327,13 +327,19 @@ class PromptPool(PromptMethod):
             # histogram) then count the whole batch and are the same everywhere, so every process selects by one
             # rule and rank 0's checkpoint holds them all. (DDP would otherwise overwrite every process's buffers
             # with rank 0's at each forward, as it did to the histogram.)
-            mine, self.prompt.last_selection = self.prompt.last_selection, None
-            mine = torch.zeros_like(self.prompt.selection_weights) if mine is None else mine
-            self.prompt.record(self.all_gather(mine).sum(0) - mine)
-            if self.prompt.query_mean is not None:  # μ likewise averages every process's queries
-                mine, self.prompt.last_queries = self.prompt.last_queries, None
-                mine = self.prompt.query_mean.new_zeros(len(self.prompt.query_mean) + 1) if mine is None else mine
-                self.prompt.record_queries(self.all_gather(mine).sum(0) - mine)
+            # μ likewise averages every process's queries; both travel in one gather.
+            pool = self.prompt
+            selection, queries = pool.last_selection, pool.last_queries  # (None where this process ran no forward)
+            selection = torch.zeros_like(pool.selection_weights) if selection is None else selection
+            parts = [selection]
+            if pool.query_mean is not None:
+                parts.append(pool.query_mean.new_zeros(len(pool.query_mean) + 1) if queries is None else queries)
+            pool.last_selection = pool.last_queries = None
+            mine = torch.cat(parts)
+            others = self.all_gather(mine).sum(0) - mine
+            pool.record(others[:len(selection)])
+            if pool.query_mean is not None:
+                pool.record_queries(others[len(selection):])
         return loss
 
     def trainable_names(self) -> set[str]:
