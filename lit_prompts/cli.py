@@ -102,7 +102,20 @@ class LitPromptsCLI(LightningCLI):
         if getattr(model_class, "uses_parameters_per_task", False) and strategy in DDP_FINDING_UNUSED:
             config.trainer.strategy = DDP_FINDING_UNUSED[strategy]
         self.check_logger_packages(config.trainer.logger)
+        self.check_precision(config.trainer.precision)
         self._resume_in_its_log_folder(config)
+
+    @staticmethod
+    def check_precision(precision) -> None:
+        """Prompts, heads and their optimizer state stay float32 whatever the backbone's dtype; a ``*-true``
+        precision would cast them with the backbone, and the first fp32 step would fail on mixed dtypes. Stop
+        before anything is built, naming the settings that halve the frozen weights instead."""
+        if isinstance(precision, str) and precision.endswith("-true") and precision != "32-true":
+            raise ValueError(
+                f"--trainer.precision {precision} would cast the prompt and head along with the backbone, and "
+                "lit_prompts trains them in float32: halve the frozen weights with --model.backbone_dtype=bfloat16 "
+                "(or float16) and compute in half precision with --trainer.precision=bf16-mixed (or 16-mixed)"
+            )
 
     @classmethod
     def check_logger_packages(cls, logger) -> None:

@@ -142,6 +142,10 @@ def test_selector_weights_are_per_example_and_sum_to_one(tiny_backbone):
     torch.testing.assert_close(prompt, torch.einsum("bk,kph->bph", weights, model.prompt.pool))
     # another task reads the same pool through its own selector
     assert not torch.allclose(model.prompt.selection(model.backbone.context(inputs, "sentiment")), weights)
+    # cast whole to bf16, the selector reads the fp32 mean embedding in its own dtype
+    half = model.prompt.to(torch.bfloat16)(context).prepend
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), prompt, rtol=0, atol=5e-2)
 
 
 @pytest.mark.parametrize("placement", ["input", "layers"])

@@ -8,6 +8,7 @@ from conftest import data_files_arg, run_cli
 
 import lit_prompts
 from lit_prompts.backbone import quantization_config
+from lit_prompts.cli import main
 from lit_prompts.training.methods import PromptTuning, PTuningV2
 
 
@@ -81,3 +82,16 @@ def test_a_malformed_weights_sample_is_a_disagreement_not_a_crash(tiny_backbone)
     saved = {**model.fingerprint, "weights_digest": "0" * 16, "dtype": "float16", "weights_sample": ["x", None]}
     with pytest.raises(ValueError, match="has other weights"):
         model.check_backbone(saved, source="prompt folder")
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
+def test_a_precision_that_would_cast_the_prompt_is_refused_naming_the_settings_that_halve_the_backbone(
+        precision, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--model=PromptTuning", "--model.backbone=never-loaded", f"--trainer.precision={precision}"])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--trainer.precision {precision} would cast the prompt and head" in err
+    assert "--model.backbone_dtype=bfloat16" in err and "--trainer.precision=bf16-mixed" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir()), "stopped before anything started"

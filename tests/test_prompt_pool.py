@@ -176,6 +176,32 @@ def test_a_centred_query_selects_by_its_difference_from_the_mean_of_the_training
     assert "query_mean" not in uncentred.state_dict()  # (prompts trained without it keep their tensors)
 
 
+@pytest.mark.parametrize("selection,query,centred", [("hard", "backbone", False), ("soft", "backbone", False),
+                                                     ("hard", "encoder", False), ("hard", "backbone", True)])
+def test_a_pool_cast_to_bfloat16_selects_from_float32_queries_and_trains_its_keys(selection, query, centred):
+    """The backbone's queries are fp32 whatever the prompt's dtype: a pool cast whole to bf16 (keys, μ, query
+    encoder) ranks them in fp32, and with the same keys selects as its fp32 copy (a bf16 μ rounds the
+    centred queries, so there only the dtypes are compared)."""
+    settings = dict(pool_size=10, length=1, hidden_size=16, top_k=2, selection=selection, query=query, shared_length=2,
+                    center_query=centred)
+    pool = PoolPrompt(**settings)
+    context = fixed_queries(pool)
+    context.input_embeds = torch.randn(16, 3, 16, generator=torch.Generator().manual_seed(2))
+    for tensor in pool.parameters():  # values bf16 holds exactly, so that both pools start equal
+        tensor.data.copy_(torch.randn(tensor.shape).bfloat16().float() if tensor is pool.pool else tensor.bfloat16().float())
+    cast = PoolPrompt(**settings).to(torch.bfloat16)
+    cast.load_state_dict(pool.state_dict())
+    pool.train(), cast.train()
+    full, half = pool(context), cast(context)
+    assert half.prepend.dtype == torch.bfloat16 and half.prepend.shape == full.prepend.shape
+    if not centred:
+        if selection == "hard":
+            assert torch.equal(cast.picks, pool.picks)  # the same entries for every query
+        torch.testing.assert_close(half.prepend.float(), full.prepend, rtol=0, atol=5e-2)
+    (half.prepend.float().sum() + (half.aux_loss if half.aux_loss is not None else 0)).backward()
+    assert cast.keys.grad.dtype == torch.bfloat16 and cast.keys.grad.abs().sum() > 0
+
+
 def test_a_centred_pool_checkpoint_keeps_the_query_mean_and_how_many_queries_it_averages(tiny_backbone):
     model = make_pool(tiny_backbone, top_k=2, center_query=True)
     model.prompt.train()

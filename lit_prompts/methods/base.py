@@ -166,7 +166,7 @@ class MeanQuery(nn.Linear):
     selectors, instance-dependent prompts). ``MeanQuery(hidden_size, query_size)``."""
 
     def forward(self, context: PromptContext) -> Tensor:
-        return torch.tanh(super().forward(context.mean_embedding()))
+        return torch.tanh(super().forward(context.mean_embedding().to(self.weight.dtype)))  # (a bf16 prompt's too)
 
 
 def expand_rows(prompt: Tensor, batch: int) -> Tensor:

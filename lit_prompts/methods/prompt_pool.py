@@ -109,11 +109,12 @@ class PoolPrompt(Prompt):
 
     def forward(self, context: PromptContext) -> PromptOutput:
         s = self.settings
-        similarity = F.normalize(self.queries(context), dim=-1) @ F.normalize(self.keys, dim=-1).T  # [B, K]
+        # [B, K] in fp32 whatever the prompt's dtype (a prompt cast to bf16 has bf16 keys and encoder queries)
+        similarity = F.normalize(self.queries(context).float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
         key_pull = None
         if s["selection"] == "soft":
             weights = (similarity / s["temperature"]).softmax(-1)
-            prompt = torch.einsum("bk,k...->b...", weights, self.pool)
+            prompt = torch.einsum("bk,k...->b...", weights.to(self.pool.dtype), self.pool)
         else:
             chosen = self.scores(similarity).topk(s["top_k"], dim=-1).indices  # [B, N]
             weights = torch.zeros_like(similarity).scatter(1, chosen, 1.0)
