@@ -110,7 +110,7 @@ class LitPromptsCLI(LightningCLI):
         """Prompts, heads and their optimizer state stay float32 whatever the backbone's dtype; a ``*-true``
         precision would cast them with the backbone, and the first fp32 step would fail on mixed dtypes. Stop
         before anything is built, naming the settings that halve the frozen weights instead."""
-        if isinstance(precision, str) and precision.endswith("-true") and precision != "32-true":
+        if str(precision) in ("bf16-true", "16-true", "64-true", "64"):  # (64: Lightning's name for 64-true)
             raise ValueError(
                 f"--trainer.precision {precision} would cast the prompt and head along with the backbone, and "
                 "lit_prompts trains them in float32: halve the frozen weights with --model.backbone_dtype=bfloat16 "

@@ -84,7 +84,7 @@ def test_a_malformed_weights_sample_is_a_disagreement_not_a_crash(tiny_backbone)
         model.check_backbone(saved, source="prompt folder")
 
 
-@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true", "64"])
 def test_a_precision_that_would_cast_the_prompt_is_refused_naming_the_settings_that_halve_the_backbone(
         precision, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
